@@ -1,0 +1,210 @@
+"""The one validated configuration object of openrlhf-das.
+
+Every knob of the drafter, the length-aware policy, the batch gate and the reports lives in
+:class:`DASConfig`. Validation is strict and happens before any expensive work: unknown keys,
+wrong types and out-of-range values raise :class:`DASConfigError` naming the offending key.
+Defaults are the values used by the DAS authors' code (see ``docs/configuration.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class DASConfigError(ValueError):
+    """A DAS configuration is invalid; the message names the key(s) at fault."""
+
+
+class LengthClass(str, Enum):
+    """Length class of a problem/request. Ordered: short < medium < long."""
+
+    SHORT = "short"
+    MEDIUM = "medium"
+    LONG = "long"
+
+    @property
+    def rank(self) -> int:
+        return ("short", "medium", "long").index(self.value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ClassBudget(_Strict):
+    """Draft budget of one length class.
+
+    ``tokens`` is the most draft tokens a request of the class gets per decode step (0 = no
+    drafting); ``factor`` caps a draft at ``floor(match_len * factor + max_spec_offset)``.
+    """
+
+    tokens: int = Field(ge=0, le=64)
+    factor: float = Field(gt=0.0, le=16.0)
+
+
+class BudgetsConfig(_Strict):
+    """Per-class budgets (authors' final values: short 0, medium 2 (x1.0), long 4 (x2.0))."""
+
+    short: ClassBudget = ClassBudget(tokens=0, factor=1.0)
+    medium: ClassBudget = ClassBudget(tokens=2, factor=1.0)
+    long: ClassBudget = ClassBudget(tokens=4, factor=2.0)
+
+    def of(self, length_class: LengthClass) -> ClassBudget:
+        return getattr(self, length_class.value)
+
+    @property
+    def max_tokens(self) -> int:
+        return max(self.short.tokens, self.medium.tokens, self.long.tokens)
+
+
+class GateConfig(_Strict):
+    """When drafting is switched off for a whole engine step.
+
+    * ``max_running``: no drafts while more than ``max_running`` requests run (authors: 64).
+    * ``cost_model``: draft only when a profiled verify-cost table (``cost_table``, JSON written
+      by ``benchmarks/profile_verify_cost.py``) says the expected accepted tokens pay for the
+      extra verify work.
+    * ``off``: always draft (within budgets).
+    """
+
+    mode: Literal["max_running", "cost_model", "off"] = "max_running"
+    max_running: int = Field(default=64, ge=1)
+    cost_table: str | None = None
+
+    @model_validator(mode="after")
+    def _table_needed(self) -> "GateConfig":
+        if self.mode == "cost_model":
+            if self.cost_table is None:
+                raise ValueError("gate.cost_table is required when gate.mode is 'cost_model'")
+            if not Path(self.cost_table).is_file():
+                raise ValueError(f"gate.cost_table: file not found: {self.cost_table}")
+        return self
+
+
+class DASConfig(_Strict):
+    """All DAS knobs. Units: tokens unless stated; steps are RL training steps."""
+
+    # --- drafter sources -------------------------------------------------------------------
+    max_depth: int = Field(default=64, ge=2, le=1024)
+    """Suffix-tree depth: longest indexed suffix; match length + draft length <= max_depth."""
+    window: int = Field(default=5, ge=1, le=1000)
+    """W: a problem's tree holds its responses from the last W steps in which it appeared."""
+    history_max_tokens: int = Field(default=200_000_000, ge=1)
+    """Cap on history tokens held (per engine); least recently used problems are evicted."""
+    use_request_tree: bool = True
+    use_problem_tree: bool = True
+    use_global_tree: bool = True
+    use_siblings: bool = True
+    """Append in-flight responses of the same problem (GRPO siblings) to its tree live."""
+    min_token_prob: float = Field(default=0.1, gt=0.0, le=1.0)
+    max_spec_offset: float = Field(default=0.0, ge=-64.0, le=64.0)
+
+    # --- length-aware policy ---------------------------------------------------------------
+    length_policy: bool = True
+    """False = 'DAS drafter without length policy': every request gets ``flat_budget``."""
+    flat_budget: ClassBudget = ClassBudget(tokens=4, factor=1.0)
+    long_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
+    medium_ratio: float = Field(default=0.4, ge=0.0, le=1.0)
+    unknown_class: LengthClass = LengthClass.MEDIUM
+    budgets: BudgetsConfig = BudgetsConfig()
+    promote_medium_tokens: int = Field(default=3000, ge=0)
+    """A request whose generated length exceeds this is at least medium."""
+    promote_long_tokens: int = Field(default=5000, ge=0)
+    """A request whose generated length exceeds this is long."""
+    gate: GateConfig = GateConfig()
+    step_quota_tokens: int | None = Field(default=None, ge=1)
+    """Optional cap on draft tokens per engine step; long requests are served first."""
+
+    # --- reports ---------------------------------------------------------------------------
+    length_buckets: tuple[int, ...] = (1000, 2000, 4000, 8000)
+    """Upper edges of response-length buckets for acceptance reports (last bucket open)."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "DASConfig":
+        if self.long_ratio + self.medium_ratio > 1.0 + 1e-9:
+            raise ValueError("long_ratio + medium_ratio must be <= 1")
+        if self.promote_long_tokens < self.promote_medium_tokens:
+            raise ValueError("promote_long_tokens must be >= promote_medium_tokens")
+        edges = list(self.length_buckets)
+        if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0:
+            raise ValueError("length_buckets must be a non-empty, strictly increasing list of positive ints")
+        if self.max_budget >= self.max_depth:
+            raise ValueError("the largest draft budget must be smaller than max_depth")
+        return self
+
+    @property
+    def max_budget(self) -> int:
+        """Largest per-step draft length any request can get (= vLLM num_speculative_tokens)."""
+        if not self.length_policy:
+            return self.flat_budget.tokens
+        return self.budgets.max_tokens
+
+    # --- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DASConfig":
+        """Validate ``data`` (nested dicts; lists accepted for tuples) into a config."""
+        return cls._validate(data)
+
+    @classmethod
+    def _validate(cls, data: Mapping[str, Any]) -> "DASConfig":
+        try:
+            return cls.model_validate_json(json.dumps(dict(data)))
+        except ValidationError as exc:
+            raise DASConfigError(_format_errors(exc)) from exc
+        except TypeError as exc:
+            raise DASConfigError(f"config is not JSON-serialisable: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "DASConfig":
+        """Load a YAML file, apply dotted ``overrides`` (``{"gate.mode": "off"}``), validate."""
+        p = Path(path)
+        if not p.is_file():
+            raise DASConfigError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise DASConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+        for key, value in (overrides or {}).items():
+            _set_dotted(data, key, value)
+        return cls._validate(data)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "DASConfig":
+        """A copy with dotted-key overrides applied and re-validated."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return self._validate(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise DASConfigError(f"{key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<config>"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid DAS config: " + "; ".join(lines)

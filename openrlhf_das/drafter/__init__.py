@@ -1,0 +1,21 @@
+"""Drafter core: suffix trees, windowed history, snapshots and draft choice.
+
+Imports nothing of vLLM, Ray or OpenRLHF (enforced by ``tests/test_layering.py``).
+"""
+
+from .drafter import Drafter, DraftRequest
+from .history_index import HistoryIndex, HistoryStats
+from .snapshot import HistorySnapshot, Rollout, SnapshotError
+from .suffix_tree import EMPTY_DRAFT, Draft
+
+__all__ = [
+    "Draft",
+    "DraftRequest",
+    "Drafter",
+    "EMPTY_DRAFT",
+    "HistoryIndex",
+    "HistorySnapshot",
+    "HistoryStats",
+    "Rollout",
+    "SnapshotError",
+]

@@ -1,0 +1,179 @@
+"""``Drafter``: picks, per request and decode step, the best draft among its sources.
+
+Sources (each optional, see ``DASConfig``):
+
+* ``request`` – a per-request tree over the request's own prompt + output so far. It is kept in
+  sync incrementally and rebuilt from the full token list when a request re-enters after a
+  preemption or a pause (or whenever its tokens are not an extension of what was indexed).
+* ``problem`` – the problem's tree in the :class:`HistoryIndex` (its last W steps of
+  responses, plus live GRPO siblings of the current step).
+* ``global`` – the index's global tree over all problems' recent responses.
+
+The draft with the highest score wins (ties: request < problem < global order of preference).
+A draft is capped by ``min(budget, floor(match_len * factor + offset))`` and stops when the
+running probability drops below ``min_token_prob`` (both inside the native tree).
+
+Fault isolation: an exception while drafting one request yields no draft for it (counted in
+``faults``); the other requests are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .history_index import HistoryIndex
+from .suffix_tree import EMPTY_DRAFT, Draft, SpeculateArgs, as_tokens, new_tree, speculate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DraftRequest:
+    """One request at one decode step.
+
+    ``tokens`` is the full context (prompt + output so far, int32); ``num_prompt_tokens``
+    separates the two; ``budget`` is the most draft tokens allowed (0 = skip); ``factor`` the
+    match-length factor of its length class.
+    """
+
+    request_id: str
+    tokens: np.ndarray
+    num_prompt_tokens: int
+    problem_id: str | None = None
+    budget: int = 0
+    factor: float = 1.0
+
+
+@dataclass
+class _RequestState:
+    tree: Any
+    indexed: int  # tokens of the request indexed in ``tree``
+    last_token: int  # token at position indexed-1 (cheap extension check)
+    problem_id: str | None
+    live_indexed: int  # response tokens appended to the problem tree as a live sibling
+
+
+class Drafter:
+    """Multi-source suffix-tree drafter (core; no vLLM/Ray imports)."""
+
+    def __init__(
+        self,
+        history: HistoryIndex,
+        *,
+        max_depth: int = 64,
+        min_token_prob: float = 0.1,
+        max_spec_offset: float = 0.0,
+        use_request_tree: bool = True,
+        use_problem_tree: bool = True,
+        use_global_tree: bool = True,
+        use_siblings: bool = True,
+        live_step: int = 0,
+    ) -> None:
+        self.history = history
+        self.max_depth = max_depth
+        self.min_token_prob = min_token_prob
+        self.max_spec_offset = max_spec_offset
+        self.use_request_tree = use_request_tree
+        self.use_problem_tree = use_problem_tree
+        self.use_global_tree = use_global_tree
+        self.use_siblings = use_siblings
+        self.live_step = live_step
+        self.faults = 0
+        self.rebuilds = 0
+        self._requests: dict[str, _RequestState] = {}
+
+    # ------------------------------------------------------------------ history swap
+    def swap_history(self, history: HistoryIndex, live_step: int) -> None:
+        """Atomically replace the history (between steps). Live sibling text of requests still
+        running is re-inserted lazily at their next update."""
+        self.history = history
+        self.live_step = live_step
+        for st in self._requests.values():
+            st.live_indexed = 0
+
+    # ------------------------------------------------------------------ request lifecycle
+    @property
+    def active_requests(self) -> list[str]:
+        return list(self._requests)
+
+    def update(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None) -> None:
+        """Bring the request's own tree (and its live sibling text) up to ``tokens``."""
+        arr = as_tokens(tokens)
+        st = self._requests.get(request_id)
+        n = arr.size
+        if st is not None and (n < st.indexed or (st.indexed and int(arr[st.indexed - 1]) != st.last_token)):
+            # not an extension of what we indexed (preempted and re-entered with other text)
+            self._drop_live(request_id, st)
+            st = None
+            self.rebuilds += 1
+        if st is None:
+            tree = new_tree(self.max_depth) if self.use_request_tree else None
+            st = _RequestState(tree, 0, -1, problem_id, 0)
+            self._requests[request_id] = st
+        if n > st.indexed:
+            if st.tree is not None:
+                st.tree.extend_ndarray(0, arr[st.indexed :])
+            st.indexed = n
+            st.last_token = int(arr[n - 1])
+        if self.use_siblings and problem_id is not None:
+            start = num_prompt_tokens + st.live_indexed
+            if n > start:
+                self.history.extend_live(problem_id, request_id, self.live_step, arr[start:])
+                st.live_indexed = n - num_prompt_tokens
+
+    def finish(self, request_id: str, keep_as_sibling: bool = True) -> None:
+        """The request left the batch for good (finished or aborted)."""
+        st = self._requests.pop(request_id, None)
+        if st is None:
+            return
+        if st.problem_id is not None:
+            self.history.finish_live(st.problem_id, request_id, keep=keep_as_sibling)
+
+    def _drop_live(self, request_id: str, st: _RequestState) -> None:
+        if st.problem_id is not None:
+            self.history.finish_live(st.problem_id, request_id, keep=False)
+        del self._requests[request_id]
+
+    # ------------------------------------------------------------------ drafting
+    def propose_one(self, req: DraftRequest) -> Draft:
+        """Best draft for one request (no state update; call :meth:`update` first)."""
+        if req.budget <= 0:
+            return EMPTY_DRAFT
+        st = self._requests.get(req.request_id)
+        pattern = as_tokens(req.tokens[-self.max_depth :])
+        args = SpeculateArgs(req.budget, req.factor, self.max_spec_offset, self.min_token_prob)
+        best = EMPTY_DRAFT
+        if self.use_request_tree and st is not None and st.tree is not None:
+            best = speculate(st.tree, pattern, args, "request")
+        if req.problem_id is not None and self.use_problem_tree:
+            tree = self.history.problem_tree(req.problem_id)
+            if tree is not None:
+                d = speculate(tree, pattern, args, "problem")
+                if d.score > best.score:
+                    best = d
+        if self.use_global_tree and self.history.global_tree is not None:
+            d = speculate(self.history.global_tree, pattern, args, "global")
+            if d.score > best.score:
+                best = d
+        return best
+
+    def propose(self, batch: Sequence[DraftRequest]) -> list[Draft]:
+        """Update and draft every request of ``batch``; results align with ``batch``.
+
+        Requests with ``budget <= 0`` still get their trees updated (so a later promotion has
+        context) but cost no ``speculate`` call.
+        """
+        out: list[Draft] = []
+        for req in batch:
+            try:
+                self.update(req.request_id, req.tokens, req.num_prompt_tokens, req.problem_id)
+                out.append(self.propose_one(req))
+            except Exception:  # noqa: BLE001 - fault isolation is the contract
+                self.faults += 1
+                logger.exception("DAS drafter fault for request %s; no draft this step", req.request_id)
+                out.append(EMPTY_DRAFT)
+        return out

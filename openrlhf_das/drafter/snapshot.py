@@ -1,0 +1,160 @@
+"""History snapshots: the plain, versioned data that crosses process boundaries and disks.
+
+A snapshot is a set of finished responses (token ids) with their problem id and step; it
+never contains Python objects, so it is safe to ship to vLLM workers and to store as ``.npz``
+(loaded with ``allow_pickle=False``). Building a :class:`HistoryIndex` from it is what an
+engine does at each step boundary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .history_index import HistoryIndex
+
+FORMAT = "openrlhf-das/history-snapshot"
+FORMAT_VERSION = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot is corrupt, of another format or of an unsupported version."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One finished response. ``tokens`` are the response token ids (int32)."""
+
+    problem_id: str
+    step: int
+    tokens: np.ndarray
+
+
+@dataclass(frozen=True)
+class HistorySnapshot:
+    """Concatenated responses: response i is ``tokens[offsets[i]:offsets[i+1]]``.
+
+    ``problem_index[i]`` indexes ``problem_ids``; ``steps[i]`` is its RL step; ``next_step`` is
+    the step the engine will generate next (live sibling responses are filed under it).
+    """
+
+    problem_ids: tuple[str, ...]
+    problem_index: np.ndarray  # int32 [n]
+    steps: np.ndarray  # int64 [n]
+    offsets: np.ndarray  # int64 [n + 1]
+    tokens: np.ndarray  # int32 [offsets[-1]]
+    next_step: int
+
+    @property
+    def num_rollouts(self) -> int:
+        return int(self.steps.size)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.size)
+
+    def rollouts(self) -> Iterable[Rollout]:
+        for i in range(self.num_rollouts):
+            yield Rollout(
+                self.problem_ids[int(self.problem_index[i])],
+                int(self.steps[i]),
+                self.tokens[self.offsets[i] : self.offsets[i + 1]],
+            )
+
+    @classmethod
+    def from_rollouts(cls, rollouts: Sequence[Rollout], next_step: int) -> "HistorySnapshot":
+        pids: dict[str, int] = {}
+        index = np.fromiter((pids.setdefault(r.problem_id, len(pids)) for r in rollouts), np.int32, len(rollouts))
+        lengths = np.fromiter((len(r.tokens) for r in rollouts), np.int64, len(rollouts))
+        offsets = np.zeros(len(rollouts) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = (
+            np.concatenate([np.asarray(r.tokens, np.int32) for r in rollouts])
+            if rollouts
+            else np.zeros(0, np.int32)
+        )
+        steps = np.fromiter((r.step for r in rollouts), np.int64, len(rollouts))
+        return cls(tuple(pids), index, steps, offsets, tokens, int(next_step))
+
+    def filter(self, keep_problem: "set[str] | frozenset[str]") -> "HistorySnapshot":
+        """The sub-snapshot of the problems in ``keep_problem`` (per-engine sharding)."""
+        return HistorySnapshot.from_rollouts([r for r in self.rollouts() if r.problem_id in keep_problem], self.next_step)
+
+    def build_index(self, max_depth: int, window: int, max_tokens: int, global_tree: bool) -> HistoryIndex:
+        """A fresh :class:`HistoryIndex` holding this snapshot (oldest steps inserted first)."""
+        index = HistoryIndex(max_depth=max_depth, window=window, max_tokens=max_tokens, global_tree=global_tree)
+        for i in np.argsort(self.steps, kind="stable"):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            index.add_rollout(self.problem_ids[int(self.problem_index[i])], int(self.steps[i]), self.tokens[lo:hi])
+        return index
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_npz_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "next_step": self.next_step}
+        np.savez_compressed(
+            buf,
+            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+            problem_ids=np.frombuffer(json.dumps(list(self.problem_ids)).encode(), np.uint8),
+            problem_index=self.problem_index,
+            steps=self.steps,
+            offsets=self.offsets,
+            tokens=self.tokens,
+        )
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename)."""
+        p = Path(path)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_bytes(self.to_npz_bytes())
+        tmp.replace(p)
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes) -> "HistorySnapshot":
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                if meta.get("format") != FORMAT:
+                    raise SnapshotError(f"not a history snapshot (format={meta.get('format')!r})")
+                if meta.get("version") != FORMAT_VERSION:
+                    raise SnapshotError(f"unsupported snapshot version {meta.get('version')} (expected {FORMAT_VERSION})")
+                snap = cls(
+                    tuple(json.loads(bytes(z["problem_ids"]).decode())),
+                    z["problem_index"].astype(np.int32),
+                    z["steps"].astype(np.int64),
+                    z["offsets"].astype(np.int64),
+                    z["tokens"].astype(np.int32),
+                    int(meta["next_step"]),
+                )
+        except SnapshotError:
+            raise
+        except Exception as exc:  # zip/npz/json corruption of any kind
+            raise SnapshotError(f"corrupt history snapshot: {exc}") from exc
+        snap.validate()
+        return snap
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HistorySnapshot":
+        p = Path(path)
+        if not p.is_file():
+            raise SnapshotError(f"snapshot file not found: {p}")
+        return cls.from_npz_bytes(p.read_bytes())
+
+    def validate(self) -> None:
+        """Raise :class:`SnapshotError` unless the arrays are mutually consistent."""
+        n = self.steps.size
+        ok = (
+            self.problem_index.shape == (n,)
+            and self.offsets.shape == (n + 1,)
+            and (n == 0 or (self.offsets[0] == 0 and np.all(np.diff(self.offsets) >= 0)))
+            and int(self.offsets[-1]) == self.tokens.size
+            and (n == 0 or (self.problem_index.min() >= 0 and self.problem_index.max() < len(self.problem_ids)))
+        )
+        if not ok:
+            raise SnapshotError("inconsistent history snapshot arrays")

@@ -1,0 +1,67 @@
+"""The drafter's choice over its three sources vs a brute-force reference (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from openrlhf_das.drafter import Drafter, DraftRequest, HistoryIndex
+from reference_suffix import reference_options
+
+DEPTH = 8
+seq = st.lists(st.integers(0, 3), min_size=1, max_size=14)
+
+
+def _bounds(options):
+    """(max over starts of the worst tie-branch score, max over starts of the best)."""
+    lo = max((min(c.score for c in cs) for cs in options.values()), default=0.0)
+    hi = max((max(c.score for c in cs) for cs in options.values()), default=0.0)
+    return lo, hi
+
+
+def _legal(options, draft) -> bool:
+    cs = options.get(draft.match_len, [])
+    return any(
+        c.tokens == draft.token_ids and np.allclose(c.probs, draft.probs, atol=1e-5) for c in cs
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(st.tuples(st.sampled_from(["a", "b"]), seq), min_size=0, max_size=5),
+    context=seq,
+    prompt_len=st.integers(0, 3),
+    budget=st.integers(1, 6),
+    factor=st.sampled_from([0.5, 1.0, 2.0]),
+    min_prob=st.sampled_from([0.1, 0.3, 0.6]),
+)
+def test_propose_matches_brute_force(history, context, prompt_len, budget, factor, min_prob):
+    index = HistoryIndex(max_depth=DEPTH, window=10, max_tokens=10**6, global_tree=True)
+    for pid, toks in history:
+        index.add_rollout(pid, 0, toks)
+    drafter = Drafter(index, max_depth=DEPTH, min_token_prob=min_prob, use_siblings=False)
+    prompt_len = min(prompt_len, len(context))
+    req = DraftRequest("r", np.array(context, np.int32), prompt_len, "a", budget, factor)
+    [draft] = drafter.propose([req])
+
+    pattern = context[-DEPTH:]
+    sources = {
+        "request": [context],
+        "problem": [t for p, t in history if p == "a"],
+        "global": [t for _, t in history],
+    }
+    opts = {
+        name: reference_options(seqs, pattern, budget, factor, 0.0, min_prob, DEPTH) if seqs else {}
+        for name, seqs in sources.items()
+    }
+    lo = max(_bounds(o)[0] for o in opts.values())
+    hi = max(_bounds(o)[1] for o in opts.values())
+    if hi == 0.0:
+        assert len(draft) == 0
+        return
+    assert len(draft) > 0
+    assert draft.source in opts and _legal(opts[draft.source], draft)
+    assert lo - 1e-5 <= draft.score <= hi + 1e-5
+    assert len(draft) <= min(budget, int(draft.match_len * factor + 1e-6))
+    assert all(p >= min_prob - 1e-6 for p in draft.probs)
