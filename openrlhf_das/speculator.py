@@ -96,6 +96,18 @@ class DASSpeculator:
         generated = int(req.tokens.size) - req.num_prompt_tokens
         return promote(base, generated, self.config.promote_medium_tokens, self.config.promote_long_tokens)
 
+    def gate_allows(self, num_running: int) -> bool:
+        """False when the batch gate switches drafting off for a step of ``num_running``."""
+        return self._max_running is None or self._max_running.allows(num_running)
+
+    def observe_gated(self, request_ids: Sequence[str], sampled: Sequence[Sequence[int]]) -> None:
+        """A gated step: record verify results of pending drafts only (O(1) once none are left)."""
+        self.steps += 1
+        self.gated_steps += 1
+        if self.tracker.has_pending:
+            for rid, s in zip(request_ids, sampled):
+                self.tracker.on_verified(rid, len(s))
+
     def step(self, batch: Sequence[StepRequest], num_running: int | None = None) -> list[list[int]]:
         """Drafts (token-id lists, possibly empty) aligned with ``batch``."""
         self.steps += 1
@@ -103,7 +115,7 @@ class DASSpeculator:
         for req in batch:
             tracker.on_verified(req.request_id, req.num_sampled)
         running = len(batch) if num_running is None else num_running
-        if self._max_running is not None and not self._max_running.allows(running):
+        if not self.gate_allows(running):
             self.gated_steps += 1
             return [[] for _ in batch]
 

@@ -106,6 +106,10 @@ class AcceptanceTracker:
         self.by_class[p.length_class.value].add(c)
         self.by_bucket[p.bucket].add(c)
 
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
     def forget(self, request_id: str) -> None:
         self._pending.pop(request_id, None)
 

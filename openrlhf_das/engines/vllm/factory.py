@@ -1,0 +1,63 @@
+"""Engine settings for DAS: what to pass to ``vllm.LLM`` / ``AsyncEngineArgs``.
+
+``engine_kwargs(config)`` returns the speculative config (method ``suffix`` with
+``num_speculative_tokens`` = the largest DAS budget, no stock global cache) and the DAS worker
+extension. The DAS config itself reaches the engine's processes through the environment
+variable ``OPENRLHF_DAS_CONFIG`` (vLLM's ``SpeculativeConfig`` forbids extra keys), which
+:func:`export_config` sets; engine processes inherit it when they start.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from ...config import DASConfig, LengthClass
+from .proposer import DAS_CONFIG_ENV
+
+WORKER_EXTENSION = "openrlhf_das.engines.vllm.worker_extension.DASWorkerExtension"
+
+
+def speculative_config(config: DASConfig) -> dict[str, Any]:
+    k = config.max_budget
+    if k < 1:
+        raise ValueError("every DAS budget is 0: nothing to draft (raise budgets.long.tokens)")
+    return {
+        "method": "suffix",
+        "num_speculative_tokens": k,
+        "suffix_decoding_max_tree_depth": config.max_depth,
+        "suffix_decoding_max_cached_requests": 0,
+        "suffix_decoding_min_token_prob": config.min_token_prob,
+    }
+
+
+def export_config(config: DASConfig | None) -> None:
+    """Make engines started from now on in this process (and its children) use ``config``;
+    ``None`` makes them stock vLLM."""
+    if config is None:
+        os.environ.pop(DAS_CONFIG_ENV, None)
+    else:
+        os.environ[DAS_CONFIG_ENV] = config.to_json()
+
+
+def engine_kwargs(config: DASConfig, worker_extension_cls: str = WORKER_EXTENSION) -> dict[str, Any]:
+    """kwargs to add to ``vllm.LLM(...)``/``AsyncEngineArgs(...)`` for a DAS engine (also
+    exports the config for the engine processes)."""
+    export_config(config)
+    return {"speculative_config": speculative_config(config), "worker_extension_cls": worker_extension_cls}
+
+
+def with_das_metadata(params: Any, problem_id: str | None, length_class: LengthClass | str | None = None) -> Any:
+    """A copy of ``SamplingParams`` carrying the request's problem id and class in
+    ``extra_args["das"]`` (OpenRLHF shares one SamplingParams across requests: never mutate)."""
+    sp = copy.copy(params)
+    extra = dict(sp.extra_args or {})
+    das: dict[str, str] = {}
+    if problem_id is not None:
+        das["problem_id"] = str(problem_id)
+    if length_class is not None:
+        das["length_class"] = LengthClass(length_class).value
+    extra["das"] = das
+    sp.extra_args = extra
+    return sp

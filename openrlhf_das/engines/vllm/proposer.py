@@ -1,0 +1,153 @@
+"""``DASProposer``: vLLM V1's suffix proposer, drafting with DAS.
+
+vLLM constructs it wherever it would construct ``SuffixDecodingProposer`` (the plugin rebinds
+the name), so ``speculative_config={"method": "suffix", ...}`` keeps vLLM's own validation and
+rejection sampler: outputs and logprobs are those of plain decoding.
+
+* Without a DAS config (env ``OPENRLHF_DAS_CONFIG`` unset when the engine starts) every call is
+  delegated to the stock proposer: the engine behaves exactly like stock vLLM.
+* With one, drafts come from :class:`~openrlhf_das.speculator.DASSpeculator`; per-request
+  metadata travels in ``SamplingParams.extra_args["das"] = {"problem_id": str,
+  "length_class": "short"|"medium"|"long"}`` (both optional).
+* Per-request trees survive a request leaving the batch (preemption, pause) and are rebuilt
+  from the full token list when needed; they are freed when vLLM forgets the request.
+* The acceptance of the previous draft is ``len(sampled_token_ids[i]) - 1``.
+* Faults: any exception in the DAS path for a step yields empty drafts for that step (counted
+  in ``stats()["engine_faults"]``); per-request faults are isolated inside the drafter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
+
+from ...config import DASConfig, LengthClass
+from ...drafter import HistorySnapshot
+from ...speculator import DASSpeculator, StepRequest
+from .compat import make_arg_parser
+
+logger = logging.getLogger(__name__)
+
+DAS_CONFIG_ENV = "OPENRLHF_DAS_CONFIG"
+"""Environment variable holding the JSON DASConfig of engines started by this process."""
+
+_STOCK_PROPOSE = SuffixDecodingProposer.propose
+_PARSE = make_arg_parser(_STOCK_PROPOSE)
+
+
+def config_from_env() -> DASConfig | None:
+    raw = os.environ.get(DAS_CONFIG_ENV)
+    return DASConfig.from_dict(json.loads(raw)) if raw else None
+
+
+class DASProposer(SuffixDecodingProposer):
+    """Suffix proposer subclass; see the module docstring."""
+
+    def __init__(self, vllm_config: Any) -> None:
+        super().__init__(vllm_config)
+        self.das_config = config_from_env()
+        self.runner: Any = None  # set by the plugin's model-runner hook
+        self.speculator: DASSpeculator | None = None
+        self.engine_faults = 0
+        self._meta: dict[str, tuple[str | None, LengthClass | None]] = {}
+        if self.das_config is not None:
+            if self.das_config.max_budget > self.num_speculative_tokens:
+                raise ValueError(
+                    f"DAS budgets reach {self.das_config.max_budget} tokens but "
+                    f"num_speculative_tokens is {self.num_speculative_tokens}; set it to the largest budget"
+                )
+            self.speculator = DASSpeculator(self.das_config)
+            logger.info("DAS proposer active (k=%d, depth=%d)", self.num_speculative_tokens, self.das_config.max_depth)
+
+    # ------------------------------------------------------------------ vLLM entry point
+    def propose(self, *args: Any, **kwargs: Any) -> list[list[int]]:
+        if self.speculator is None:
+            return _STOCK_PROPOSE(self, *args, **kwargs)
+        a = _PARSE(*args, **kwargs)
+        n = len(a.sampled_token_ids)
+        try:
+            return self._propose(a.num_speculative_tokens, a.input_batch, a.sampled_token_ids)
+        except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
+            self.engine_faults += 1
+            logger.exception("DAS proposer fault; no drafts this step")
+            return [[] for _ in range(n)]
+
+    def _propose(self, k: int | None, input_batch: Any, sampled: list[list[int]]) -> list[list[int]]:
+        spec = self.speculator
+        assert spec is not None
+        req_ids = input_batch.req_ids
+        n = len(sampled)
+        self._forget_finished(req_ids)
+        k = self.num_speculative_tokens if k is None else min(k, self.num_speculative_tokens)
+        if k <= 0 or not spec.gate_allows(n):
+            spec.observe_gated(req_ids, sampled)
+            return [[] for _ in range(n)]
+
+        rows: list[int] = []
+        batch: list[StepRequest] = []
+        tok = input_batch.token_ids_cpu
+        num_tokens = input_batch.num_tokens_no_spec
+        num_prompt = input_batch.num_prompt_tokens
+        for i in range(n):
+            if not sampled[i]:  # partial prefill: nothing to draft yet
+                continue
+            nt = int(num_tokens[i])
+            if nt >= self.max_model_len - 1:
+                continue
+            rid = req_ids[i]
+            pid, cls = self._meta_of(rid)
+            rows.append(i)
+            batch.append(StepRequest(rid, tok[i, :nt], int(num_prompt[i]), pid, cls, len(sampled[i])))
+        drafts: list[list[int]] = [[] for _ in range(n)]
+        for i, d in zip(rows, spec.step(batch, num_running=n)):
+            if d:
+                room = self.max_model_len - int(num_tokens[i]) - 1
+                drafts[i] = d[: min(k, room)]
+        return drafts
+
+    # ------------------------------------------------------------------ request metadata
+    def _meta_of(self, req_id: str) -> tuple[str | None, LengthClass | None]:
+        meta = self._meta.get(req_id)
+        if meta is None:
+            meta = (None, None)
+            state = self.runner.requests.get(req_id) if self.runner is not None else None
+            sp = getattr(state, "sampling_params", None)
+            das = ((sp.extra_args or {}).get("das") if sp is not None else None) or {}
+            pid = das.get("problem_id")
+            cls = das.get("length_class")
+            meta = (str(pid) if pid is not None else None, LengthClass(cls) if cls else None)
+            self._meta[req_id] = meta
+        return meta
+
+    def _forget_finished(self, req_ids: list[str]) -> None:
+        """Free state of requests vLLM no longer knows (finished or aborted). Requests that
+        merely left the batch (preempted, paused) stay in ``runner.requests`` and keep theirs."""
+        if self.runner is None or not self._meta:
+            return
+        known = self.runner.requests
+        gone = [rid for rid in self._meta if rid not in known]
+        for rid in gone:
+            del self._meta[rid]
+            self.speculator.finish(rid)
+
+    # ------------------------------------------------------------------ RPC helpers
+    def load_snapshot_bytes(self, data: bytes, classes: dict[str, str] | None = None) -> dict[str, int]:
+        """Build the history of a serialized snapshot and swap it in (between steps)."""
+        if self.speculator is None:
+            raise RuntimeError("DAS is not enabled on this engine (no DAS config at start)")
+        snap = HistorySnapshot.from_npz_bytes(data)
+        cls_map = {k: LengthClass(v) for k, v in classes.items()} if classes is not None else None
+        self.speculator.load_snapshot(snap, cls_map)
+        return self.speculator.drafter.history.stats().as_dict()
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        if self.speculator is None:
+            return {"enabled": False}
+        out = {"enabled": True, "engine_faults": self.engine_faults, **self.speculator.stats()}
+        if reset:
+            self.speculator.tracker.reset()
+        return out

@@ -1,0 +1,28 @@
+"""Worker-side RPCs of a DAS engine, reached through ``LLM.collective_rpc`` /
+``AsyncLLM.collective_rpc`` (pass this class as ``worker_extension_cls``).
+
+Payloads are plain: snapshot bytes (npz, loaded with ``allow_pickle=False``), dicts of strings
+and numbers. Every TP rank holds its own drafter; feed all ranks the same snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DASWorkerExtension:
+    """Mixed into vLLM's worker class by ``worker_extension_cls``."""
+
+    def _das_proposer(self) -> Any:
+        drafter = getattr(self.model_runner, "drafter", None)  # type: ignore[attr-defined]
+        if drafter is None or not hasattr(drafter, "load_snapshot_bytes"):
+            raise RuntimeError("this engine has no DAS proposer (speculative method 'suffix' + DAS config needed)")
+        return drafter
+
+    def das_load_snapshot(self, data: bytes, classes: dict[str, str] | None = None) -> dict[str, int]:
+        """Swap in the history of ``data``; returns the new history stats."""
+        return self._das_proposer().load_snapshot_bytes(data, classes)
+
+    def das_get_stats(self, reset: bool = False) -> dict[str, Any]:
+        """Acceptance per class/bucket, history size, faults; ``reset`` zeroes acceptance."""
+        return self._das_proposer().stats(reset=reset)
