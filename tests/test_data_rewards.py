@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -113,3 +114,12 @@ def test_extract_code_and_program(humaneval: dict) -> None:
     program = build_program("    return True\n", row)
     assert program.startswith(row["question"] + "    return True\n")
     assert program.rstrip().endswith("check(has_close_elements)")
+
+
+def test_code_reward_from_many_threads(humaneval: dict) -> None:
+    """Trainers score a batch concurrently; every run gets its own sandbox and the right score."""
+    rows = [humaneval[f"HumanEval/{i}"] for i in range(8)]
+    jobs = [(row["canonical_solution"], row, 1.0) for row in rows] + [("    return None\n", row, 0.0) for row in rows]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        scores = list(pool.map(lambda job: code_reward(job[0], job[1]), jobs))
+    assert scores == [expected for _, _, expected in jobs]

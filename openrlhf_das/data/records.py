@@ -15,7 +15,7 @@ def stable_id(source: str, text: str) -> str:
     For records whose dataset has no id of its own. Never derived from Python's ``hash()``,
     which is salted per process.
     """
-    return hashlib.sha1(f"{source}\n{text}".encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1(f"{source}\n{text}".encode()).hexdigest()[:16]
 
 
 def check_limit(limit: int | None) -> None:

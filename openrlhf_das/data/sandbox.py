@@ -10,7 +10,10 @@ Never ``exec`` generated code in the trainer. :func:`run_python` starts a separa
   mount, IPC and UTS namespace, and a freshly mounted ``/proc``;
 * a **read-only host filesystem**; the only writable places are private tmpfs mounts on
   ``/tmp`` (the working directory is the fresh ``/tmp/work``), ``/var/tmp`` and ``/dev/shm``,
-  which vanish with the run, so nothing the program writes, by relative or absolute path, stays;
+  which vanish with the run, so nothing the program writes, by relative or absolute path, stays
+  (the caller's own ``/tmp`` is hidden behind them). A directory on the interpreter's path that
+  other users may not enter (e.g. a 0700 ``/root`` holding pyenv) is replaced by an empty one
+  that holds only the interpreter;
 * a **scrubbed environment** (nothing is inherited from the caller's ``os.environ``);
 * rlimits: CPU seconds, address space (memory), size of any written file, number of processes
   and threads, 256 open files, no core dumps; plus a wall-clock limit;

@@ -19,6 +19,7 @@ program: ``{"setup_error": str}``, ``{"exit_code": int}``, ``{"signal": int}``, 
 import ctypes
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -59,9 +60,13 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def _cstr(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: None if s is None else s.encode()  # noqa: E731
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+    ret = _libc.mount(_cstr(source), _cstr(target), _cstr(fstype), ctypes.c_ulong(flags), _cstr(data))
+    _check(ret, f"mount {target}")
 
 
 def _report(fd: int, **outcome: object) -> None:
@@ -82,10 +87,10 @@ def _enter_namespaces() -> None:
                 f.write(text)
 
 
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    return sorted(set(points), key=len)
+def _mount_points() -> set[str]:
+    """Mount points of our mount namespace (mountinfo field 5, octal escapes such as \\040 decoded)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in f}
 
 
 def _blocked_ancestor(path: str) -> str | None:
@@ -177,7 +182,7 @@ def main() -> int:
     status_fd = cfg["status_fd"]
     os.set_inheritable(status_fd, False)  # closed on exec: the program never sees it
     try:
-        with open(cfg["program_path"]) as f:
+        with open(cfg["program_path"], encoding="utf-8") as f:
             source = f.read()
         if cfg["isolate"]:
             _enter_namespaces()
@@ -187,7 +192,7 @@ def main() -> int:
         else:
             workdir = cfg["fallback_workdir"]
         program_path = os.path.join(workdir, "main.py")
-        with open(program_path, "w") as f:
+        with open(program_path, "w", encoding="utf-8") as f:
             f.write(source)
         if cfg["run_uid"] is not None:
             for path in (workdir, program_path):
