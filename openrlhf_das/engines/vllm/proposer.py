@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from typing import Any
 
 from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
@@ -44,15 +46,32 @@ def config_from_env() -> DASConfig | None:
     return DASConfig.from_dict(json.loads(raw)) if raw else None
 
 
+def _constructing_runner(max_depth: int = 4) -> Any:
+    """The model runner whose ``__init__`` is constructing this proposer (vLLM passes the
+    proposer no reference to it). Found on the call stack; None if absent (then requests have
+    no DAS metadata and are drafted from their own tree and the global tree only)."""
+    frame = sys._getframe(2)
+    for _ in range(max_depth):
+        if frame is None:
+            break
+        obj = frame.f_locals.get("self")
+        if obj is not None and type(obj).__name__.endswith("ModelRunner"):
+            return obj
+        frame = frame.f_back
+    logger.warning("DAS proposer: model runner not found; per-request DAS metadata unavailable")
+    return None
+
+
 class DASProposer(SuffixDecodingProposer):
     """Suffix proposer subclass; see the module docstring."""
 
     def __init__(self, vllm_config: Any) -> None:
         super().__init__(vllm_config)
         self.das_config = config_from_env()
-        self.runner: Any = None  # set by the plugin's model-runner hook
+        self.runner: Any = _constructing_runner()  # its ``requests`` dict gives extra_args
         self.speculator: DASSpeculator | None = None
         self.engine_faults = 0
+        self.propose_seconds = 0.0  # wall time spent in the DAS proposer (engine thread)
         self._meta: dict[str, tuple[str | None, LengthClass | None]] = {}
         if self.das_config is not None:
             if self.das_config.max_budget > self.num_speculative_tokens:
@@ -67,6 +86,7 @@ class DASProposer(SuffixDecodingProposer):
     def propose(self, *args: Any, **kwargs: Any) -> list[list[int]]:
         if self.speculator is None:
             return _STOCK_PROPOSE(self, *args, **kwargs)
+        t0 = time.perf_counter()
         a = _PARSE(*args, **kwargs)
         n = len(a.sampled_token_ids)
         try:
@@ -75,6 +95,8 @@ class DASProposer(SuffixDecodingProposer):
             self.engine_faults += 1
             logger.exception("DAS proposer fault; no drafts this step")
             return [[] for _ in range(n)]
+        finally:
+            self.propose_seconds += time.perf_counter() - t0
 
     def _propose(self, k: int | None, input_batch: Any, sampled: list[list[int]]) -> list[list[int]]:
         spec = self.speculator
@@ -147,7 +169,13 @@ class DASProposer(SuffixDecodingProposer):
     def stats(self, reset: bool = False) -> dict[str, Any]:
         if self.speculator is None:
             return {"enabled": False}
-        out = {"enabled": True, "engine_faults": self.engine_faults, **self.speculator.stats()}
+        out = {
+            "enabled": True,
+            "engine_faults": self.engine_faults,
+            "propose_seconds": self.propose_seconds,
+            **self.speculator.stats(),
+        }
         if reset:
             self.speculator.tracker.reset()
+            self.propose_seconds = 0.0
         return out

@@ -1,0 +1,102 @@
+"""Repeated-epoch rollouts through one vLLM engine, the way an RL job produces them.
+
+Each epoch submits every problem × sample request at once (a synchronous RL step), waits for
+the last one, and — for a DAS engine — ships the finished responses of the last ``window``
+epochs to the engine as a history snapshot before the next epoch, exactly as the Ray history
+actor does between steps. Used by the demo CLI and ``benchmarks/engine_rollouts.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...drafter import HistorySnapshot, Rollout
+from .factory import with_das_metadata
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem_id: str
+    prompt_token_ids: list[int]
+
+
+@dataclass
+class EpochResult:
+    """One epoch: wall seconds, tokens generated, DAS stats of the epoch (None if not DAS)."""
+
+    epoch: int
+    seconds: float
+    output_tokens: int
+    requests: int
+    response_lengths: list[int]
+    das_stats: dict[str, Any] | None = None
+    outputs: list[list[int]] = field(default_factory=list, repr=False)
+    logprobs: list[list[float]] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "seconds": self.seconds,
+            "output_tokens": self.output_tokens,
+            "requests": self.requests,
+            "tokens_per_second": self.tokens_per_second,
+            "max_response_length": max(self.response_lengths, default=0),
+            "mean_response_length": float(np.mean(self.response_lengths)) if self.response_lengths else 0.0,
+            "das": self.das_stats,
+        }
+
+
+def run_epochs(
+    llm: Any,
+    problems: Sequence[Problem],
+    samples_per_problem: int,
+    sampling_params: Any,
+    epochs: int,
+    *,
+    das: bool,
+    window: int = 5,
+    keep_outputs: bool = False,
+    use_tqdm: bool = False,
+) -> list[EpochResult]:
+    """Run ``epochs`` synchronous rollout steps; feed DAS history between them when ``das``."""
+    if not problems:
+        raise ValueError("no problems to roll out")
+    if samples_per_problem < 1 or epochs < 1:
+        raise ValueError("samples_per_problem and epochs must be >= 1")
+    prompts = [{"prompt_token_ids": p.prompt_token_ids} for p in problems for _ in range(samples_per_problem)]
+    owners = [p.problem_id for p in problems for _ in range(samples_per_problem)]
+    params = [with_das_metadata(sampling_params, pid) for pid in owners] if das else sampling_params
+    history: list[Rollout] = []
+    results: list[EpochResult] = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=use_tqdm)
+        seconds = time.perf_counter() - t0
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        res = EpochResult(epoch, seconds, sum(map(len, tokens)), len(tokens), [len(t) for t in tokens])
+        if keep_outputs:
+            res.outputs = tokens
+            res.logprobs = [_chosen_logprobs(o.outputs[0]) for o in outs]
+        if das:
+            res.das_stats = llm.collective_rpc("das_get_stats", kwargs={"reset": True})[0]
+            history = [r for r in history if r.step > epoch - window]
+            history += [Rollout(pid, epoch, np.asarray(t, np.int32)) for pid, t in zip(owners, tokens)]
+            snap = HistorySnapshot.from_rollouts(history, next_step=epoch + 1)
+            llm.collective_rpc("das_load_snapshot", args=(snap.to_npz_bytes(),))
+        results.append(res)
+    return results
+
+
+def _chosen_logprobs(completion: Any) -> list[float]:
+    """Logprob of each sampled token (empty when logprobs were not requested)."""
+    if not completion.logprobs:
+        return []
+    return [float(lp[tok].logprob) for tok, lp in zip(completion.token_ids, completion.logprobs)]
