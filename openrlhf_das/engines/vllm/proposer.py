@@ -72,6 +72,9 @@ class DASProposer(SuffixDecodingProposer):
         self.speculator: DASSpeculator | None = None
         self.engine_faults = 0
         self.propose_seconds = 0.0  # wall time spent in the DAS proposer (engine thread)
+        self.resumed = 0  # requests that re-entered the batch after leaving it (preemption)
+        self.bad_metadata = 0  # requests whose extra_args["das"] could not be used
+        self._prev_batch: set[str] = set()
         self._meta: dict[str, tuple[str | None, LengthClass | None]] = {}
         if self.das_config is not None:
             if self.das_config.max_budget > self.num_speculative_tokens:
@@ -104,6 +107,9 @@ class DASProposer(SuffixDecodingProposer):
         req_ids = input_batch.req_ids
         n = len(sampled)
         self._forget_finished(req_ids)
+        batch_ids = set(req_ids)
+        self.resumed += len((batch_ids - self._prev_batch).intersection(self._meta))
+        self._prev_batch = batch_ids
         k = self.num_speculative_tokens if k is None else min(k, self.num_speculative_tokens)
         if k <= 0 or not spec.gate_allows(n):
             spec.observe_gated(req_ids, sampled)
@@ -139,9 +145,13 @@ class DASProposer(SuffixDecodingProposer):
             state = self.runner.requests.get(req_id) if self.runner is not None else None
             sp = getattr(state, "sampling_params", None)
             das = ((sp.extra_args or {}).get("das") if sp is not None else None) or {}
-            pid = das.get("problem_id")
-            cls = das.get("length_class")
-            meta = (str(pid) if pid is not None else None, LengthClass(cls) if cls else None)
+            try:
+                pid = das.get("problem_id")
+                cls = das.get("length_class")
+                meta = (str(pid) if pid is not None else None, LengthClass(cls) if cls else None)
+            except (AttributeError, ValueError):
+                self.bad_metadata += 1
+                logger.warning("request %s: unusable extra_args['das']=%r; drafting without it", req_id, das)
             self._meta[req_id] = meta
         return meta
 
@@ -173,6 +183,8 @@ class DASProposer(SuffixDecodingProposer):
             "enabled": True,
             "engine_faults": self.engine_faults,
             "propose_seconds": self.propose_seconds,
+            "resumed_requests": self.resumed,
+            "bad_metadata": self.bad_metadata,
             **self.speculator.stats(),
         }
         if reset:
