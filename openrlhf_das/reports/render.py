@@ -92,7 +92,9 @@ def _plot(by_mode: dict[str, list[dict[str, Any]]], path: Path, max_lines: int) 
             continue
         for lo, hi in _step_ranges([r["step"] for r in recs], max_lines):
             counts = _bucket_counts([r for r in recs if lo <= r["step"] <= hi])
-            labels = list(counts)
+            labels = [b for b, c in counts.items() if c.drafted]  # buckets with drafts only
+            if not labels:
+                continue
             label = f"{mode} steps {lo}-{hi}" if lo != hi else f"{mode} step {lo}"
             axes[0].plot(labels, [counts[b].acceptance_rate for b in labels], marker="o", label=label)
             axes[1].plot(labels, [counts[b].accepted_per_step + 1 for b in labels], marker="o", label=label)

@@ -1,0 +1,254 @@
+"""Repeated-epoch RL rollouts through one vLLM engine: DAS vs the baselines a user would pick.
+
+E epochs over N problems × G samples (all requests of an epoch submitted together, the epoch
+ends when the last finishes — a synchronous RL step; no weight updates between epochs, so
+history match is overstated: epoch 0 is reported separately). Each mode runs in a fresh
+engine in its own subprocess, on the same prompts:
+
+    nospec       vLLM defaults, no speculation                               (a)
+    nospec_sync  no speculation, V1 runner + synchronous scheduling,
+                 i.e. the settings speculative decoding forces               (a')
+    ngram        vLLM ``ngram`` (k tokens)                                   (b)
+    suffix       stock vLLM ``suffix`` (global tree + per-request tree)      (c)
+    das_flat     DAS drafter, every request budget k (no length policy)      (d)
+    das          full DAS (length classes, promotion, batch gate)            (e)
+
+Output: JSON with per-epoch rollout seconds, tokens/s, acceptance per length bucket (DAS),
+drafter CPU share, and ratios vs (a)/(a') from the same run; a PNG; optionally the rollouts of
+``nospec`` as a zstd JSONL trace for ``benchmarks/replay.py``.
+
+CPU: ``--device cpu`` (eager). GPU: CUDA graphs via ``--cudagraph-mode`` (see docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("nospec", "nospec_sync", "ngram", "suffix", "das_flat", "das")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or HF folder")
+    p.add_argument("--dataset", default="math500")
+    p.add_argument("--problems", type=int, default=16)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=4, help="draft tokens per step for ngram/suffix/das_flat")
+    p.add_argument("--modes", default="nospec,nospec_sync,ngram,suffix,das_flat,das")
+    p.add_argument("--das", action="append", default=[], metavar="KEY=VALUE", help="DAS config override (YAML value)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--cudagraph-mode", default="FULL", help="GPU only: FULL, FULL_DECODE_ONLY, NONE (eager)")
+    p.add_argument("--max-cudagraph-capture-size", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--out", default="benchmarks/results/local/engine_rollouts.json")
+    p.add_argument("--png", default=None, help="default: --out with .png")
+    p.add_argument("--trace", default=None, help="write the rollouts of the first mode as a .jsonl.zst trace")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    bad = set(args.modes.split(",")) - set(MODES)
+    if bad:
+        p.error(f"unknown modes {sorted(bad)}; choose from {MODES}")
+    return args
+
+
+# ---------------------------------------------------------------------- child: one mode
+def _das_config(args, flat: bool):
+    import yaml
+
+    from openrlhf_das.config import DASConfig
+
+    over = {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.das)}
+    if flat:
+        over.update({"length_policy": False, "flat_budget.tokens": args.k, "gate.mode": "off"})
+    return DASConfig().with_overrides(over)
+
+
+def _engine_kwargs(args, mode: str) -> dict:
+    from openrlhf_das.engines.vllm import engine_kwargs, export_config
+
+    kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
+    if args.device == "cpu":
+        kw["enforce_eager"] = True
+    else:
+        cc: dict = {"mode": 0, "cudagraph_mode": args.cudagraph_mode}
+        if args.max_cudagraph_capture_size:
+            cc["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
+        kw.update(gpu_memory_utilization=args.gpu_memory_utilization, compilation_config=cc,
+                  enforce_eager=args.cudagraph_mode == "NONE")
+    export_config(None)
+    if mode == "nospec_sync":
+        kw["async_scheduling"] = False
+    elif mode == "ngram":
+        kw["speculative_config"] = {"method": "ngram", "num_speculative_tokens": args.k,
+                                    "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    elif mode == "suffix":
+        kw["speculative_config"] = {"method": "suffix", "num_speculative_tokens": args.k}
+    elif mode in ("das", "das_flat"):
+        kw.update(engine_kwargs(_das_config(args, flat=mode == "das_flat")))
+    return kw
+
+
+def run_child(args) -> None:
+    mode = args.child
+    if mode != "nospec":
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from openrlhf_das.data import load_dataset_by_name, to_chat_messages
+    from openrlhf_das.engines.vllm.epochs import Problem, run_epochs
+    from openrlhf_das.models.registry import materialize
+
+    model = args.model if Path(args.model).is_dir() else str(materialize(args.model))
+    tok = AutoTokenizer.from_pretrained(model)
+    ds = load_dataset_by_name(args.dataset, limit=args.problems, seed=args.seed)
+    problems = [
+        Problem(r["problem_id"], tok(tok.apply_chat_template(to_chat_messages(r["prompt"]), tokenize=False,
+                                                             add_generation_prompt=True), add_special_tokens=False).input_ids)
+        for r in ds
+    ]
+    t0 = time.perf_counter()
+    llm = LLM(model=model, **_engine_kwargs(args, mode))
+    start_s = time.perf_counter() - t0
+    sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
+    das = mode in ("das", "das_flat")
+    cfg = _das_config(args, flat=mode == "das_flat") if das else None
+    results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
+                         window=cfg.window if cfg else 5, keep_outputs=bool(args.trace))
+    out = {"mode": mode, "engine_start_seconds": start_s, "epochs": [r.summary() for r in results]}
+    if args.trace:
+        _write_trace(args.trace, problems, args.samples, results)
+    print("CHILD_RESULT " + json.dumps(out), flush=True)
+
+
+def _write_trace(path: str, problems, samples: int, results) -> None:
+    import zstandard
+
+    lines = [json.dumps({"synthetic": False, "format": "openrlhf-das/trace", "version": 1})]
+    for r in results:
+        for i, toks in enumerate(r.outputs):
+            p = problems[i // samples]
+            lines.append(json.dumps({"step": r.epoch, "problem_id": p.problem_id, "sample_index": i % samples,
+                                     "prompt_token_ids": p.prompt_token_ids, "response_token_ids": toks}))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(zstandard.ZstdCompressor(level=10).compress(("\n".join(lines) + "\n").encode()))
+
+
+# ---------------------------------------------------------------------- parent
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (either ``--flag v`` or ``--flag=v``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def run_mode(argv: list[str], mode: str, trace: str | None) -> dict:
+    cmd = [sys.executable, __file__, *_without(argv, "--trace"), "--child", mode]
+    if trace:
+        cmd += ["--trace", trace]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("CHILD_RESULT "):
+            return json.loads(line[len("CHILD_RESULT "):])
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+    return {"mode": mode, "error": f"exit code {proc.returncode}"}
+
+
+def summarize(results: dict) -> dict:
+    def secs(mode, lo=0):
+        ep = results.get(mode, {}).get("epochs")
+        return sum(e["seconds"] for e in ep[lo:]) if ep else None
+
+    table = {}
+    for mode in results:
+        row = {"all_epochs_s": secs(mode), "epoch0_s": secs(mode) and results[mode]["epochs"][0]["seconds"],
+               "epochs1plus_s": secs(mode, 1)}
+        for base in ("nospec", "nospec_sync", "ngram", "suffix"):
+            if base in results and secs(base) and secs(mode) and "epochs" in results[base]:
+                b0 = results[base]["epochs"][0]["seconds"]
+                row[f"ratio_vs_{base}"] = secs(mode) / secs(base)
+                row[f"ratio_vs_{base}_epoch0"] = results[mode]["epochs"][0]["seconds"] / b0
+                if secs(base, 1):
+                    row[f"ratio_vs_{base}_epochs1plus"] = secs(mode, 1) / secs(base, 1)
+        table[mode] = row
+    return table
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for mode, res in results.items():
+        if "epochs" not in res:
+            continue
+        axes[0].plot([e["epoch"] for e in res["epochs"]], [e["seconds"] for e in res["epochs"]], marker="o", label=mode)
+        agg: dict[str, list[float]] = {}
+        for e in res["epochs"][1:]:
+            for b, c in ((e.get("das") or {}).get("acceptance", {}).get("by_bucket", {})).items():
+                acc = agg.setdefault(b, [0, 0])
+                acc[0] += c["accepted"]
+                acc[1] += c["verify_steps"]
+        labels = [b for b, (a, s) in agg.items() if s]
+        if labels:
+            axes[1].plot(labels, [agg[b][0] / agg[b][1] + 1 for b in labels], marker="o", label=mode)
+    axes[0].set(title="rollout time per epoch", xlabel="epoch", ylabel="seconds")
+    axes[1].set(title="tokens per verify step by response length (epochs >= 1)", xlabel="bucket", ylabel="accepted + 1")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child:
+        run_child(args)
+        return 0
+    results: dict = {}
+    modes = args.modes.split(",")
+    for i, mode in enumerate(modes):
+        print(f"[engine_rollouts] {mode} ...", flush=True)
+        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None)
+        print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+               "device": args.device}
+    if args.device == "cuda":
+        import torch
+
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    report = {"args": vars(args), "machine": machine, "weight_updates": False, "results": results,
+              "summary": summarize(results)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    plot(results, args.png or str(Path(args.out).with_suffix(".png")))
+    print(json.dumps(report["summary"], indent=2))
+    return 0 if all("epochs" in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
