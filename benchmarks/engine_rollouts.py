@@ -103,6 +103,8 @@ def _engine_kwargs(args, mode: str) -> dict:
 
 def run_child(args) -> None:
     mode = args.child
+    if args.device == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
     if mode != "nospec":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
     from transformers import AutoTokenizer
