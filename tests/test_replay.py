@@ -1,0 +1,100 @@
+"""benchmarks/replay.py: greedy verification and a replay of a tiny synthetic trace."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from replay import CostModel, read_trace, replay, report, verify  # noqa: E402
+from synthetic_trace import TraceParams, generate, write_trace  # noqa: E402
+
+from openrlhf_das.config import DASConfig  # noqa: E402
+
+TINY = TraceParams(problems=6, samples=4, steps=3, median_len=120, max_len=400, prompt_len=(8, 16))
+
+
+@pytest.mark.parametrize(
+    "draft, response, pos, expected",
+    [
+        ([], [5, 6, 7], 0, (0, 1)),  # no draft: one token per step
+        ([9], [5, 6, 7], 0, (0, 1)),  # first draft token wrong: only the bonus token
+        ([5, 6, 9], [5, 6, 7, 8], 0, (2, 3)),  # longest matching prefix + bonus
+        ([5, 9, 7], [5, 6, 7, 8], 0, (1, 2)),  # a later match after a mismatch does not count
+        ([7, 8], [5, 6, 7, 8, 9], 2, (2, 3)),  # continuation starts at pos
+        ([7, 8, 9], [5, 6, 7, 8], 2, (2, 2)),  # response ends: no bonus past its end
+        ([8], [5, 6, 7, 8], 3, (1, 1)),
+    ],
+)
+def test_verify(draft: list[int], response: list[int], pos: int, expected: tuple[int, int]) -> None:
+    assert verify(draft, response, pos) == expected
+
+
+def test_cost_model() -> None:
+    cost = CostModel(base_s=0.01, per_token_s=1e-5)
+    assert cost.step_seconds(100) == pytest.approx(0.011)
+
+
+def test_trace_is_labelled_and_deterministic(tmp_path: Path) -> None:
+    a = list(generate(TINY, seed=1))
+    assert a[0]["synthetic"] is True and a[0]["params"]["problems"] == 6
+    assert a == list(generate(TINY, seed=1))
+    assert a != list(generate(TINY, seed=2))
+    records = a[1:]
+    assert len(records) == 6 * 4 * 3
+    assert {tuple(sorted(r)) for r in records} == {
+        ("problem_id", "prompt_token_ids", "response_token_ids", "sample_index", "step")
+    }
+    path = tmp_path / "t.jsonl.zst"
+    write_trace(path, TINY, seed=1)
+    head, steps = read_trace(path)
+    assert head == json.loads(json.dumps(a[0]))
+    assert sorted(steps) == [0, 1, 2] and sum(len(v) for v in steps.values()) == 72
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = tmp_path_factory.mktemp("trace") / "tiny.jsonl"
+    write_trace(path, TINY, seed=0)
+    head, steps = read_trace(path)
+    cost = CostModel()
+    base = DASConfig()
+    results = replay(steps, ["none", "problem", "das", "das+siblings"], base, cost)
+    rep = report(results, base.length_buckets, head, cost)
+    rep["_steps"] = steps
+    return rep
+
+
+def test_none_emits_one_token_per_step(tiny_report: dict) -> None:
+    none = tiny_report["policies"]["none"]
+    steps = tiny_report["_steps"]
+    tokens = sum(s.response.size for v in steps.values() for s in v)
+    assert none["decode_steps"] == tokens and none["accepted"] == 0 and none["drafted"] == 0
+    for rec in none["steps"]:
+        longest = max(s.response.size for s in steps[rec["step"]])
+        assert rec["engine_steps"] == longest  # the longest request sets the makespan
+        cost, step_tokens = CostModel(), sum(s.response.size for s in steps[rec["step"]])
+        assert rec["makespan_s"] == pytest.approx(longest * cost.base_s + step_tokens * cost.per_token_s)
+    assert none["makespan_ratio_vs_none"] == 1.0
+
+
+def test_history_policies_accept_from_step_two_on(tiny_report: dict) -> None:
+    for name in ("problem", "das"):
+        per_step = tiny_report["policies"][name]["steps"]
+        assert all(rec["accepted"] > 0 for rec in per_step[1:]), name
+    # the per-problem tree has nothing at the first step: drafts only come from earlier steps
+    assert tiny_report["policies"]["problem"]["steps"][0]["accepted"] == 0
+
+
+def test_das_shortens_makespan(tiny_report: dict) -> None:
+    das = tiny_report["policies"]["das"]
+    assert das["makespan_ratio_vs_none"] < 1.0
+    assert das["speculator"]["faults"] == 0
+    assert 0.0 < das["acceptance_rate"] <= 1.0
+    by_bucket = sum(b["accepted"] for b in das["by_bucket"].values())
+    assert by_bucket == das["accepted"] == sum(rec["accepted"] for rec in das["steps"])
