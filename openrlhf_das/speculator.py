@@ -61,6 +61,17 @@ class DASSpeculator:
         self.classes: dict[str, LengthClass] = {}
         self.gated_steps = 0
         self.steps = 0
+        self.reconfigure(config)
+
+    def reconfigure(self, config: DASConfig) -> None:
+        """Switch policy knobs between steps (budgets, gate, quota, draft thresholds). History,
+        request trees and statistics are kept; tree-shape knobs (``max_depth``, ``window``,
+        sources of the index) take effect with the next snapshot."""
+        self.config = config
+        d = self.drafter
+        d.min_token_prob, d.max_spec_offset = config.min_token_prob, config.max_spec_offset
+        d.use_request_tree, d.use_problem_tree = config.use_request_tree, config.use_problem_tree
+        d.use_global_tree, d.use_siblings = config.use_global_tree, config.use_siblings
         self._max_running = MaxRunningGate(config.gate.max_running) if config.gate.mode == "max_running" else None
         self._cost_gate = (
             CostModelGate(CostTable.load(config.gate.cost_table))

@@ -176,6 +176,18 @@ class DASProposer(SuffixDecodingProposer):
         self.speculator.load_snapshot(snap, cls_map)
         return self.speculator.drafter.history.stats().as_dict()
 
+    def update_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Apply dotted DAS-config overrides between steps (validated; budgets must stay within
+        ``num_speculative_tokens``). Returns the new config."""
+        if self.speculator is None or self.das_config is None:
+            raise RuntimeError("DAS is not enabled on this engine (no DAS config at start)")
+        new = self.das_config.with_overrides(overrides)
+        if new.max_budget > self.num_speculative_tokens:
+            raise ValueError(f"budgets reach {new.max_budget} > num_speculative_tokens {self.num_speculative_tokens}")
+        self.speculator.reconfigure(new)
+        self.das_config = new
+        return new.to_dict()
+
     def stats(self, reset: bool = False) -> dict[str, Any]:
         if self.speculator is None:
             return {"enabled": False}

@@ -23,6 +23,10 @@ class DASWorkerExtension:
         """Swap in the history of ``data``; returns the new history stats."""
         return self._das_proposer().load_snapshot_bytes(data, classes)
 
+    def das_update_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Apply dotted DAS-config overrides (e.g. ``{"gate.mode": "off"}``) between steps."""
+        return self._das_proposer().update_config(overrides)
+
     def das_get_stats(self, reset: bool = False) -> dict[str, Any]:
         """Acceptance per class/bucket, history size, faults; ``reset`` zeroes acceptance."""
         return self._das_proposer().stats(reset=reset)

@@ -1,0 +1,1 @@
+"""Integrations of DAS into RL trainers (``openrlhf_das.integrations.openrlhf``)."""

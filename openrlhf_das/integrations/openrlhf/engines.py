@@ -1,0 +1,163 @@
+"""DAS rollout engines for OpenRLHF: the rollout actor and the ``create_vllm_engines`` wrapper.
+
+* :class:`DASRolloutActor` subclasses OpenRLHF's ``RolloutRayActor`` body (the class under the
+  ``@ray.remote``; Ray forbids subclassing the remote wrapper). Its ``generate_responses`` takes
+  two extra keyword arguments, ``problem_id`` and ``length_class``, and every vLLM request it
+  issues for them (all ``num_samples`` samples, every turn of a multi-turn agent) carries them in
+  ``SamplingParams.extra_args["das"]`` on a per-request copy (:func:`with_das_metadata`; OpenRLHF
+  shares one ``SamplingParams`` object). Without ``problem_id`` the id is the prompt hash
+  (:func:`~.problem_ids.prompt_hash`), the same the trainer side computes. ``das_rpc(method,
+  *args, **kwargs)`` forwards to ``llm.collective_rpc`` (list over workers), which the history
+  actor uses for ``das_load_snapshot`` / ``das_get_stats``.
+* :func:`create_vllm_engines` has OpenRLHF's signature and placement logic (it calls OpenRLHF's
+  own function), but each engine is a :class:`DASRolloutActor` with ``speculative_config``
+  (method ``suffix``, k = the largest DAS budget) and ``worker_extension_cls`` =
+  :class:`~.worker.DASWorkerWrap`; the DAS config is handed to each actor, which exports it to
+  its vLLM processes before the engine starts. Then it starts the history actor
+  (:func:`start_history_actor`). With DAS off (no ``OPENRLHF_DAS_CONFIG``) it is OpenRLHF's.
+
+Importing this module imports Ray, vLLM and OpenRLHF's rollout module.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from typing import Any
+
+import ray
+from openrlhf.trainer.ray import vllm_engine as _ve
+
+from ...config import DASConfig
+from ...engines.vllm.factory import export_config, speculative_config, with_das_metadata
+from . import problem_ids, settings
+from .worker import WORKER_WRAP
+
+logger = logging.getLogger(__name__)
+
+_BASE: type = _ve.RolloutRayActor.__ray_metadata__.modified_class.__ray_actor_class__
+"""OpenRLHF's rollout actor class body (under ``@ray.remote``)."""
+
+_REQUEST = contextvars.ContextVar("openrlhf_das_request", default=None)
+"""(problem_id, length_class) of the ``generate_responses`` call whose tasks are running.
+asyncio tasks copy the context when created, so the executor's concurrent ``generate`` calls
+each see the value of the call that spawned them."""
+
+
+class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
+    """OpenRLHF ``RolloutRayActor`` + per-request DAS metadata + ``das_rpc``."""
+
+    async def __init__(self, *args: Any, das_config: str | None = None, **kwargs: Any) -> None:
+        if das_config is not None:
+            # The engine processes vLLM starts below inherit this (the proposer reads it).
+            export_config(DASConfig.from_dict(json.loads(das_config)))
+        await super().__init__(*args, **kwargs)
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        meta = _REQUEST.get()
+        if meta is not None:
+            sampling_params = with_das_metadata(sampling_params, meta[0], meta[1])
+        return await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
+
+    async def generate_responses(
+        self,
+        prompt: str,
+        label: str,
+        sampling_params,
+        max_length: int,
+        hf_tokenizer,
+        num_samples: int = 1,
+        images=None,
+        problem_id: str | None = None,
+        length_class: str | None = None,
+    ):
+        pid = problem_id if problem_id else problem_ids.prompt_hash(prompt)
+        token = _REQUEST.set((pid, length_class))
+        try:
+            return await super().generate_responses(
+                prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
+            )
+        finally:
+            _REQUEST.reset(token)
+
+    async def das_rpc(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """``collective_rpc(method, args, kwargs)`` on the engine's workers (one result per
+        worker / TP rank)."""
+        return await self.llm.collective_rpc(method, args=args, kwargs=kwargs)
+
+
+DASRolloutRayActor = ray.remote(DASRolloutActor)
+
+
+class _DASActorFactory:
+    """Stands in for ``RolloutRayActor`` while OpenRLHF's ``create_vllm_engines`` runs: same
+    ``.options(...).remote(**actor_kwargs)`` calls, DAS actor + DAS engine kwargs."""
+
+    def __init__(self, config: DASConfig) -> None:
+        self.config = config
+
+    def options(self, **options: Any) -> "_DASActorOptions":
+        return _DASActorOptions(self.config, options)
+
+
+class _DASActorOptions:
+    def __init__(self, config: DASConfig, options: dict[str, Any]) -> None:
+        self.config = config
+        self.options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if "speculative_config" in kwargs:
+            raise ValueError("create_vllm_engines: a speculative_config is already set; DAS sets its own")
+        kwargs["speculative_config"] = speculative_config(self.config)
+        kwargs["worker_extension_cls"] = WORKER_WRAP
+        kwargs["das_config"] = self.config.to_json()
+        return DASRolloutRayActor.options(**self.options).remote(*args, **kwargs)
+
+
+_HISTORY_HANDLES: list[Any] = []
+"""Driver-side references that keep the (non-detached) history actor alive for the job."""
+
+
+def start_history_actor(engines: list[Any], config: DASConfig, integ: settings.IntegrationSettings) -> Any:
+    """Start the named :class:`~openrlhf_das.ray.RolloutHistoryActor` over ``engines``."""
+    from ...ray import create_history_actor
+
+    actor = create_history_actor(
+        integ.run_dir,
+        config,
+        engines,
+        name=integ.history_actor_name,
+        num_cpus=integ.history_cpus,
+        pin_problems=integ.sticky,
+        snapshot_every=integ.snapshot_every,
+        mode="das",
+        meta={"producer_integration": "openrlhf", "num_engines": len(engines), "sticky": integ.sticky},
+    )
+    ray.get(actor.status.remote())  # fail here, not at the first step, if it cannot start
+    _HISTORY_HANDLES.append(actor)
+    logger.info("DAS history actor %r started (run dir %s, %d engines)", integ.history_actor_name, integ.run_dir, len(engines))
+    return actor
+
+
+def create_vllm_engines(*args: Any, **kwargs: Any) -> list[Any]:
+    """OpenRLHF's ``create_vllm_engines`` (same arguments) building DAS engines, plus the
+    history actor; OpenRLHF's own when DAS is off in this process."""
+    original = _original_create_vllm_engines()
+    state = settings.current()
+    if state is None:
+        return original(*args, **kwargs)
+    config, integ = state
+    saved = _ve.RolloutRayActor
+    _ve.RolloutRayActor = _DASActorFactory(config)
+    try:
+        engines = original(*args, **kwargs)
+    finally:
+        _ve.RolloutRayActor = saved
+    start_history_actor(engines, config, integ)
+    return engines
+
+
+def _original_create_vllm_engines():
+    fn = _ve.create_vllm_engines
+    return getattr(fn, "__das_original__", fn)

@@ -1,0 +1,1 @@
+"""openrlhf-das flash-attn shim: ``flash_attn.utils`` (only ``distributed``)."""

@@ -1,0 +1,189 @@
+"""Apply the DAS patches to OpenRLHF in this process: ``apply()``.
+
+Called in the driver by ``openrlhf_das.cli.train`` and in **every Ray worker process** through
+``ray.init(runtime_env={"worker_process_setup_hook":
+"openrlhf_das.integrations.openrlhf.patches.apply"})`` — OpenRLHF's trainer, generator and
+rollout actors are separate processes, and a class patched in the driver is not patched there:
+Ray ships ``@ray.remote`` classes with cloudpickle, which pickles classes of importable modules
+*by reference* (the worker re-imports the module and gets the unpatched class). Only classes
+pickled by value (defined in ``__main__`` or inside functions) carry driver-side changes, and
+only if made before ``.remote()``.
+
+``apply()`` is cheap and imports nothing heavy: for each target module it patches at once if
+the module is already imported, else installs a post-import hook (a ``sys.meta_path`` finder
+whose loader runs the patch right after the module body), so workers that never import OpenRLHF
+(the history actor, queues) pay nothing. Targets:
+
+* ``openrlhf.datasets.prompts_dataset.preprocess_data`` → also registers each row's explicit
+  problem id (:mod:`.problem_ids`);
+* ``openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator`` → step boundary, rollout
+  capture, DAS request routing (:mod:`.samples`);
+* ``openrlhf.trainer.ray.vllm_engine.create_vllm_engines`` and its re-export in
+  ``openrlhf.trainer.ray`` → DAS engines + history actor (:mod:`.engines`).
+
+It also makes ``flash_attn``'s helper modules importable where flash-attn is missing
+(:mod:`.flash_attn_shim`). The patched code checks at call time whether DAS is on
+(``OPENRLHF_DAS_CONFIG``); with DAS off it runs OpenRLHF's original code.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import logging
+import sys
+import threading
+from typing import Any, Callable
+
+from .flash_attn_shim import ensure_flash_attn
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+_applied: dict[str, bool] = {}
+"""target module → patched in this process."""
+_installed = False
+
+
+# ---------------------------------------------------------------------- patch functions
+def _patch_prompts_dataset(mod: Any) -> None:
+    original = mod.preprocess_data
+    if getattr(original, "__das_patched__", False):
+        return
+
+    def preprocess_data(data, *args, **kwargs):
+        prompt, label = original(data, *args, **kwargs)
+        if _das_on():
+            from . import problem_ids
+
+            problem_ids.register(data, prompt)
+        return prompt, label
+
+    preprocess_data.__doc__ = original.__doc__
+    preprocess_data.__wrapped__ = original
+    preprocess_data.__das_original__ = original
+    preprocess_data.__das_patched__ = True
+    mod.preprocess_data = preprocess_data
+
+
+def _patch_samples_generator(mod: Any) -> None:
+    from . import samples
+
+    samples.patch(mod.SamplesGenerator)
+
+
+def _patch_vllm_engine(mod: Any) -> None:
+    original = mod.create_vllm_engines
+    if getattr(original, "__das_patched__", False):
+        return
+
+    def create_vllm_engines(*args, **kwargs):
+        if not _das_on():
+            return original(*args, **kwargs)
+        from . import engines
+
+        return engines.create_vllm_engines(*args, **kwargs)
+
+    create_vllm_engines.__doc__ = original.__doc__
+    create_vllm_engines.__wrapped__ = original
+    create_vllm_engines.__das_original__ = original
+    create_vllm_engines.__das_patched__ = True
+    mod.create_vllm_engines = create_vllm_engines
+
+
+def _patch_trainer_ray_pkg(mod: Any) -> None:
+    # ``from .vllm_engine import create_vllm_engines`` ran after vllm_engine was patched, so the
+    # package already holds the patched function; re-bind in case it was imported otherwise.
+    engine_mod = sys.modules.get("openrlhf.trainer.ray.vllm_engine")
+    if engine_mod is not None and hasattr(mod, "create_vllm_engines"):
+        mod.create_vllm_engines = engine_mod.create_vllm_engines
+
+
+TARGETS: dict[str, Callable[[Any], None]] = {
+    "openrlhf.datasets.prompts_dataset": _patch_prompts_dataset,
+    "openrlhf.trainer.ppo_utils.samples_generator": _patch_samples_generator,
+    "openrlhf.trainer.ray.vllm_engine": _patch_vllm_engine,
+    "openrlhf.trainer.ray": _patch_trainer_ray_pkg,
+}
+
+
+def _das_on() -> bool:
+    from . import settings
+
+    return settings.current() is not None
+
+
+# ---------------------------------------------------------------------- machinery
+def _run_patch(name: str, module: Any) -> None:
+    with _lock:
+        if _applied.get(name):
+            return
+        TARGETS[name](module)
+        _applied[name] = True
+    logger.debug("openrlhf-das: patched %s", name)
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, name: str) -> None:
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec):  # noqa: D401 - Loader API
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _run_patch(self._name, module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of a target module so the patch runs right after
+    the module body."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in TARGETS or _applied.get(fullname):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _PatchingLoader(spec.loader, fullname)
+        return spec
+
+
+_FINDER = _PostImportFinder()
+
+
+def apply() -> dict[str, bool]:
+    """Patch OpenRLHF in this process now or when it gets imported (idempotent). Also the
+    Ray ``worker_process_setup_hook``. Returns :func:`status`."""
+    global _installed
+    ensure_flash_attn()
+    with _lock:
+        if not _installed:
+            sys.meta_path.insert(0, _FINDER)
+            _installed = True
+        for name in TARGETS:
+            module = sys.modules.get(name)
+            if module is not None and not _applied.get(name):
+                _run_patch(name, module)
+    return status()
+
+
+def status() -> dict[str, Any]:
+    """What this process has: hook installed, which targets are patched, flash_attn shim."""
+    from .flash_attn_shim import shim_active
+
+    return {
+        "hook_installed": _installed,
+        "patched": {name: bool(_applied.get(name)) for name in TARGETS},
+        "flash_attn_shim": shim_active(),
+    }

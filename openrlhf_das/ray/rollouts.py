@@ -1,0 +1,85 @@
+"""``FinishedRollout``: what the rollout side sends the history actor for each response.
+
+Plain data only (ids as strings, token ids as int32 arrays, numbers), so it crosses Ray
+without custom classes on the other side: :meth:`FinishedRollout.from_dict` accepts the dict
+form ``{"problem_id", "prompt_token_ids", "response_token_ids", "step", "response_length"?,
+"reward"?, "policy_version"?}`` that a trainer hook can build without importing this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..drafter.suffix_tree import as_tokens
+
+
+@dataclass(frozen=True)
+class FinishedRollout:
+    """One finished response of RL step ``step``.
+
+    ``response_token_ids`` are the generated tokens only (int32, EOS included if emitted);
+    ``response_length`` (tokens) is their number. ``reward`` is None when not known yet;
+    ``policy_version`` is the weight version that generated it (None = unknown; with partial
+    rollouts a response may span versions: pass the newest).
+    """
+
+    problem_id: str
+    prompt_token_ids: np.ndarray
+    response_token_ids: np.ndarray
+    step: int
+    reward: float | None = None
+    policy_version: int | None = None
+
+    @property
+    def response_length(self) -> int:
+        return int(self.response_token_ids.size)
+
+    @classmethod
+    def make(
+        cls,
+        problem_id: str,
+        prompt_token_ids: Sequence[int] | np.ndarray,
+        response_token_ids: Sequence[int] | np.ndarray,
+        step: int,
+        reward: float | None = None,
+        policy_version: int | None = None,
+    ) -> "FinishedRollout":
+        """Validating constructor (token ids → contiguous int32; step >= 0)."""
+        if not isinstance(problem_id, str) or not problem_id:
+            raise ValueError(f"problem_id must be a non-empty string, got {problem_id!r}")
+        if int(step) < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return cls(
+            problem_id,
+            as_tokens(prompt_token_ids),
+            as_tokens(response_token_ids),
+            int(step),
+            None if reward is None else float(reward),
+            None if policy_version is None else int(policy_version),
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FinishedRollout":
+        """From the plain dict form; ``response_length``, if given, must match the tokens."""
+        r = cls.make(
+            d["problem_id"],
+            d.get("prompt_token_ids", ()),
+            d["response_token_ids"],
+            d["step"],
+            d.get("reward"),
+            d.get("policy_version"),
+        )
+        n = d.get("response_length")
+        if n is not None and int(n) != r.response_length:
+            raise ValueError(
+                f"rollout of {r.problem_id!r}: response_length {n} != {r.response_length} response tokens"
+            )
+        return r
+
+
+def coerce_rollouts(items: Sequence[FinishedRollout | Mapping[str, Any]]) -> list[FinishedRollout]:
+    """``FinishedRollout``s from a mix of instances and dicts (validated)."""
+    return [r if isinstance(r, FinishedRollout) else FinishedRollout.from_dict(r) for r in items]
