@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or HF folder")
     p.add_argument("--dataset", default="math500")
+    p.add_argument("--prompts-file", default=None,
+                   help="pre-tokenized prompts (JSON from benchmarks/gpu/make_prompts.py) instead of --dataset")
     p.add_argument("--problems", type=int, default=16)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
@@ -48,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", default="nospec,nospec_sync,ngram,suffix,das_flat,das")
     p.add_argument("--das", action="append", default=[], metavar="KEY=VALUE", help="DAS config override (YAML value)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--cudagraph-mode", default="FULL", help="GPU only: FULL, FULL_DECODE_ONLY, NONE (eager)")
+    p.add_argument("--cudagraph-mode", default="FULL_DECODE_ONLY",
+                   help="GPU only: FULL_DECODE_ONLY, FULL, NONE (eager). FULL with mode 0 gave garbage on vLLM 0.26 (docs/gpu.md)")
     p.add_argument("--max-cudagraph-capture-size", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=4096)
@@ -107,21 +110,17 @@ def run_child(args) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
     if mode != "nospec":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
-    from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    from openrlhf_das.data import load_dataset_by_name, to_chat_messages
     from openrlhf_das.engines.vllm.epochs import Problem, run_epochs
-    from openrlhf_das.models.registry import materialize
 
-    model = args.model if Path(args.model).is_dir() else str(materialize(args.model))
-    tok = AutoTokenizer.from_pretrained(model)
-    ds = load_dataset_by_name(args.dataset, limit=args.problems, seed=args.seed)
-    problems = [
-        Problem(r["problem_id"], tok(tok.apply_chat_template(to_chat_messages(r["prompt"]), tokenize=False,
-                                                             add_generation_prompt=True), add_special_tokens=False).input_ids)
-        for r in ds
-    ]
+    if Path(args.model).is_dir():
+        model = args.model
+    else:
+        from openrlhf_das.models.registry import materialize
+
+        model = str(materialize(args.model))
+    problems = load_problems(args, model)[: args.problems]
     t0 = time.perf_counter()
     llm = LLM(model=model, **_engine_kwargs(args, mode))
     start_s = time.perf_counter() - t0
@@ -136,8 +135,27 @@ def run_child(args) -> None:
     print("CHILD_RESULT " + json.dumps(out), flush=True)
 
 
+def load_problems(args, model: str) -> list:
+    """Chat-formatted, tokenized problems from ``--prompts-file`` or the shipped ``--dataset``."""
+    from openrlhf_das.engines.vllm.epochs import Problem
+
+    if args.prompts_file:
+        data = json.loads(Path(args.prompts_file).read_text())
+        return [Problem(p["problem_id"], p["prompt_token_ids"]) for p in data["problems"]]
+    from transformers import AutoTokenizer
+
+    from openrlhf_das.data import load_dataset_by_name, to_chat_messages
+
+    tok = AutoTokenizer.from_pretrained(model)
+    ds = load_dataset_by_name(args.dataset, limit=args.problems, seed=args.seed)
+    return [
+        Problem(r["problem_id"], tok(tok.apply_chat_template(to_chat_messages(r["prompt"]), tokenize=False,
+                                                             add_generation_prompt=True), add_special_tokens=False).input_ids)
+        for r in ds
+    ]
+
+
 def _write_trace(path: str, problems, samples: int, results) -> None:
-    import zstandard
 
     lines = [json.dumps({"synthetic": False, "format": "openrlhf-das/trace", "version": 1})]
     for r in results:
@@ -146,7 +164,12 @@ def _write_trace(path: str, problems, samples: int, results) -> None:
             lines.append(json.dumps({"step": r.epoch, "problem_id": p.problem_id, "sample_index": i % samples,
                                      "prompt_token_ids": p.prompt_token_ids, "response_token_ids": toks}))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(zstandard.ZstdCompressor(level=10).compress(("\n".join(lines) + "\n").encode()))
+    data = ("\n".join(lines) + "\n").encode()
+    if path.endswith(".zst"):
+        import zstandard
+
+        data = zstandard.ZstdCompressor(level=10).compress(data)
+    Path(path).write_bytes(data)
 
 
 # ---------------------------------------------------------------------- parent
@@ -232,21 +255,20 @@ def main(argv=None) -> int:
         run_child(args)
         return 0
     results: dict = {}
-    modes = args.modes.split(",")
-    for i, mode in enumerate(modes):
-        print(f"[engine_rollouts] {mode} ...", flush=True)
-        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None)
-        print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                "device": args.device}
     if args.device == "cuda":
         import torch
 
         machine["gpu"] = torch.cuda.get_device_name(0)
-    report = {"args": vars(args), "machine": machine, "weight_updates": False, "results": results,
-              "summary": summarize(results)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    for i, mode in enumerate(args.modes.split(",")):
+        print(f"[engine_rollouts] {mode} ...", flush=True)
+        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None)
+        print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)
+        report = {"args": vars(args), "machine": machine, "weight_updates": False, "results": results,
+                  "summary": summarize(results)}
+        Path(args.out).write_text(json.dumps(report, indent=2))  # after every mode: partial runs keep data
     plot(results, args.png or str(Path(args.out).with_suffix(".png")))
     print(json.dumps(report["summary"], indent=2))
     return 0 if all("epochs" in r for r in results.values()) else 1
