@@ -9,6 +9,7 @@
 #   install.sh models    join + verify "models", materialize each GGUF into /tmp/models/NAME
 #   install.sh smoke     vLLM smoke test (smoke.py; SMOKE_CONFIGS, SMOKE_ARGS)
 #   install.sh all       (last transfer) wait for / run deps, then models, then smoke
+#   install.sh ready     the same without the smoke test
 #
 # Prints how long each part took. Env: DW=/tmp/dw, OUT (the device tool's output folder).
 set -uo pipefail
@@ -169,5 +170,11 @@ case "${1:-all}" in
         stage_smoke
         took "install.sh all" "$T_ALL"
         ;;
-    *) die "usage: install.sh {bg-deps|deps|models|smoke|all}" ;;
+    ready)  # like all, without the smoke test (when a benchmark follows in the next call)
+        join_stream models
+        wait_deps
+        stage_models
+        took "install.sh ready" "$T_ALL"
+        ;;
+    *) die "usage: install.sh {bg-deps|deps|models|smoke|all|ready}" ;;
 esac
