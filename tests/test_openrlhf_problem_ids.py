@@ -1,0 +1,139 @@
+"""Problem identity for OpenRLHF prompts: explicit row ids, else sha1 of the prompt text; the
+same in every process (other hash seeds, through OpenRLHF's real ``PromptDataset``). Also the
+trainer-side pieces that use the ids without Ray: engine routing proxies, rollout capture."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+from openrlhf_das.config import DASConfig
+from openrlhf_das.integrations.openrlhf import problem_ids, samples, settings
+from openrlhf_das.ray.sharding import engine_for_problem
+
+ROWS = [
+    {"problem_id": "mmath/MATH500/3", "prompt": "How many divisors does 196 have?", "label": "9"},
+    {"id": 17, "prompt": "What is 2+2?", "label": "4"},
+    {"prompt": "No id here: solve x+1=2.", "label": "1"},
+    {"problem_id": "", "prompt": "Empty id falls back to the hash. \u00e9\u00e8", "label": "0"},
+]
+
+# Runs in a fresh interpreter: OpenRLHF's PromptDataset (patched) over ROWS, then resolve().
+CHILD = r"""
+import json, sys
+from types import SimpleNamespace
+from openrlhf_das.integrations.openrlhf import patches, problem_ids
+patches.apply()
+from openrlhf.datasets.prompts_dataset import PromptDataset
+rows = json.loads(sys.argv[1])
+args = SimpleNamespace(data=SimpleNamespace(input_key="prompt", label_key="label", apply_chat_template=False, image_key="images"))
+strategy = SimpleNamespace(args=args, is_rank_0=lambda: False)
+ds = PromptDataset(rows, tokenizer=None, strategy=strategy, input_template="Q: {}")
+print(json.dumps({"prompts": ds.prompts, "ids": [problem_ids.resolve(p) for p in ds.prompts], "hash": hash("x")}))
+"""
+
+
+def test_ids_from_rows():
+    assert problem_ids.problem_id_for_row(ROWS[0], "anything") == "mmath/MATH500/3"
+    assert problem_ids.problem_id_for_row(ROWS[1], "anything") == "17"
+    p = ROWS[2]["prompt"]
+    assert problem_ids.problem_id_for_row(ROWS[2], p) == hashlib.sha1(p.encode()).hexdigest()[:16]
+    assert problem_ids.problem_id_for_row(ROWS[3], "x") == problem_ids.prompt_hash("x")
+
+
+def test_register_and_resolve():
+    problem_ids.reset()
+    try:
+        assert problem_ids.register(ROWS[0], "P0") == "mmath/MATH500/3"
+        assert problem_ids.resolve("P0") == "mmath/MATH500/3"
+        assert problem_ids.register({"problem_id": "other"}, "P0") == "mmath/MATH500/3"  # first id wins
+        assert problem_ids.resolve("unseen") == problem_ids.prompt_hash("unseen")
+    finally:
+        problem_ids.reset()
+
+
+def test_ids_identical_across_processes():
+    env = {**os.environ, settings.DAS_CONFIG_ENV: DASConfig().to_json()}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(ROWS)], env={**env, "PYTHONHASHSEED": seed},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in ("1", "2")
+    ]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    a, b = outs
+    assert a["hash"] != b["hash"]  # the processes really hash differently
+    assert a["ids"] == b["ids"]
+    prompts = a["prompts"]
+    assert prompts[0] == "Q: " + ROWS[0]["prompt"]  # ids come from the prompt as generated from
+    assert a["ids"] == ["mmath/MATH500/3", "17", problem_ids.prompt_hash(prompts[2]), problem_ids.prompt_hash(prompts[3])]
+
+
+class _Method:
+    def __init__(self, engine, name):
+        self.engine, self.name = engine, name
+
+    def remote(self, *args, **kwargs):
+        self.engine.calls.append((self.name, args, kwargs))
+        return (self.engine.index, kwargs.get("problem_id"))
+
+
+class _Engine:
+    """Stand-in for a Ray actor handle."""
+
+    def __init__(self, index):
+        self.index, self.calls = index, []
+
+    def __getattr__(self, name):
+        return _Method(self, name)
+
+
+def _state(sticky):
+    st = object.__new__(samples.GeneratorState)
+    st.sticky, st.classes, st.captured, st.capturing = sticky, {}, [], True
+    return st
+
+
+def test_routing_proxies_tag_and_pin_requests():
+    engines = [_Engine(i) for i in range(3)]
+    prompts = [f"prompt {i}" for i in range(12)]
+    st = _state(sticky=True)
+    st.classes = {problem_ids.prompt_hash(prompts[0]): "long"}
+    proxies = [samples._RoutedEngine(engines, i, st) for i in range(3)]
+    for i, p in enumerate(prompts):  # OpenRLHF's balancer picks engine i % 3; sticky overrides it
+        idx, pid = proxies[i % 3].generate_responses.remote(prompt=p, label="", num_samples=4)
+        assert pid == problem_ids.prompt_hash(p) and idx == engine_for_problem(pid, 3)
+    assert {idx for e in engines for (_, _, kw) in e.calls for idx in [e.index]} == {0, 1, 2}
+    first = next(kw for e in engines for (_, _, kw) in e.calls if kw["prompt"] == prompts[0])
+    assert first["length_class"] == "long" and first["num_samples"] == 4
+    # not sticky: OpenRLHF's choice stands, the request is still tagged
+    st.sticky = False
+    assert proxies[2].generate_responses.remote(prompt="p", label="") == (2, problem_ids.prompt_hash("p"))
+    # other methods go straight to the proxied engine
+    assert proxies[1].get_num_unfinished_requests.remote() == (1, None)
+
+
+def test_capture_turns_a_response_into_a_rollout():
+    st = _state(sticky=True)
+    response = {
+        "prompt": "P",
+        "observation_tokens": [5, 6, 7, 10, 11, 12, 99, 13],
+        "action_ranges": [(3, 6), (7, 8)],  # two turns; token 99 is environment feedback
+        "reward": np.float32(0.5),
+    }
+    st.capture(response)
+    [r] = st.captured
+    assert r["problem_id"] == problem_ids.prompt_hash("P")
+    assert r["prompt_token_ids"].tolist() == [5, 6, 7] and r["response_token_ids"].tolist() == [10, 11, 12, 13]
+    assert r["reward"] == 0.5
+    st.capture({"prompt": "Q", "observation_tokens": [1], "action_ranges": []})  # nothing generated
+    assert len(st.captured) == 1
