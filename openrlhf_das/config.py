@@ -171,7 +171,9 @@ class DASConfig(_Strict):
             raise DASConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
         for key, value in (overrides or {}).items():
             _set_dotted(data, key, value)
-        return cls._validate(data)
+        merged = cls().to_dict()  # a partial section (budgets.long.tokens alone) keeps its defaults
+        _deep_merge(merged, data)
+        return cls._validate(merged)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "DASConfig":
         """A copy with dotted-key overrides applied and re-validated."""
@@ -185,6 +187,15 @@ class DASConfig(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """Merge ``update`` into ``base`` in place; unknown keys are kept (validation names them)."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -25,8 +25,9 @@ import numpy as np
 
 from .suffix_tree import as_tokens, new_tree
 
-BYTES_PER_TOKEN = 180
-"""Estimated native bytes per indexed token per tree at depth 64 (see module docstring)."""
+BYTES_PER_TOKEN = 400
+"""Native bytes per indexed token per tree at depth 64: 398 by ``estimate_memory()`` and 382 by
+RSS growth in ``benchmarks/history_memory.py`` (2026-11-25, 10^7 tokens streamed, 2e6 cap)."""
 
 
 @dataclass

@@ -6,7 +6,9 @@ tokens, ``accepted = len(sampled_token_ids) - 1`` (0..d). Per group we keep
 * ``drafted``  – draft tokens proposed,
 * ``accepted`` – draft tokens accepted,
 * ``verify_steps`` – decode steps that verified a non-empty draft,
-* ``decode_steps`` – all decode steps observed (with or without a draft).
+* ``decode_steps`` – decode steps of requests that were considered for drafting (budget > 0,
+  step not gated), with or without a resulting draft. Requests with no budget are not
+  tracked at all: that is what keeps them free.
 
 Derived: ``acceptance_rate = accepted / drafted``; ``accepted_per_step = accepted /
 verify_steps``; tokens per verify step = accepted_per_step + 1.
