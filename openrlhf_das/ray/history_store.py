@@ -92,8 +92,11 @@ class HistoryStore:
 
     # ------------------------------------------------------------------ updates
     def add(self, problem_id: str, step: int, tokens: Iterable[int] | np.ndarray) -> bool:
-        """File one response of ``problem_id`` under ``step``; False if it fell out of the window."""
-        arr = as_tokens(tokens)
+        """File one response of ``problem_id`` under ``step``; False if it fell out of the window.
+
+        The tokens are copied: arrays that arrived through Ray may be zero-copy views of a whole
+        object-store buffer, which the store must not keep alive."""
+        arr = np.array(as_tokens(tokens), copy=True)
         steps = self._problems.get(problem_id)
         if steps is None:
             steps = self._problems[problem_id] = []

@@ -134,6 +134,7 @@ def _plot(by_mode: dict[str, list[dict[str, Any]]], path: Path, max_lines: int) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for mode, recs in by_mode.items():
@@ -161,6 +162,7 @@ def _plot(by_mode: dict[str, list[dict[str, Any]]], path: Path, max_lines: int) 
                          [r["das"].get("propose_seconds_max", r["das"]["propose_seconds"]) for r in drafter],
                          linestyle="--", marker=".", label=f"{mode} drafter CPU")
     axes[2].set(title="rollout time per step", xlabel="step", ylabel="seconds")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -175,13 +177,16 @@ def _plot(by_mode: dict[str, list[dict[str, Any]]], path: Path, max_lines: int) 
 def _tensorboard(by_mode: dict[str, list[dict[str, Any]]], log_dir: Path) -> None:
     """One TensorBoard run per mode (``log_dir/<mode>``), so modes overlay on the same tags.
 
-    Uses tensorboard's own event writer (no torch/TensorFlow import)."""
+    Event files of an earlier render are replaced (the report is a function of the run
+    directory). Uses tensorboard's own event writer (no torch/TensorFlow import)."""
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     for mode, recs in by_mode.items():
         (log_dir / mode).mkdir(parents=True, exist_ok=True)
+        for old in (log_dir / mode).glob("events.out.tfevents.*"):
+            old.unlink()
         writer = EventFileWriter(str(log_dir / mode))
         try:
             for r in recs:

@@ -1,0 +1,125 @@
+"""Ray test fixtures: a local 2-CPU cluster, a stand-in engine and a real CPU vLLM DAS engine.
+
+Both engine classes expose ``das_rpc(method, *args, **kwargs)`` returning a list over workers,
+the interface the history actor expects of OpenRLHF's rollout actors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+TESTS_DIR = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(scope="session", name="ray_cluster")
+def ray_cluster_fixture() -> Iterator[Any]:
+    """``ray.init(num_cpus=2)`` once per session (a fresh local cluster, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        # Ray workers inherit the driver's environment: make this module importable there.
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+
+
+class StatsEngine:
+    """Stand-in engine (a plain Ray actor, no vLLM): ``das_get_stats`` returns the recorded stats
+    dicts given to it, one per call; ``das_load_snapshot`` keeps what it was sent.
+
+    Two real CPU engines would cost a minute of the test budget; the payloads here have exactly
+    the shape of ``DASWorkerExtension``'s RPC results (``num_workers`` copies, like TP ranks).
+    """
+
+    def __init__(self, stats: list[dict[str, Any]], num_workers: int = 1, broken: bool = False) -> None:
+        self._stats = list(stats)
+        self._num_workers = num_workers
+        self._broken = broken
+        self.loads: list[tuple[bytes, dict[str, str] | None]] = []
+
+    def das_rpc(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if self._broken:
+            raise RuntimeError(f"engine is broken ({method})")
+        if method == "das_get_stats":
+            out = self._stats.pop(0) if self._stats else {"enabled": True}
+        elif method == "das_load_snapshot":
+            data, classes = args
+            assert isinstance(data, bytes), type(data)  # an ObjectRef argument arrives resolved
+            self.loads.append((data, classes))
+            from openrlhf_das.drafter import HistorySnapshot
+
+            out = {"tokens": HistorySnapshot.from_npz_bytes(data).num_tokens}
+        else:
+            raise ValueError(f"unknown RPC {method}")
+        return [out] * self._num_workers
+
+    def received(self) -> list[tuple[bytes, dict[str, str] | None]]:
+        return self.loads
+
+
+class VLLMEngine:
+    """A real vLLM CPU engine with DAS in a Ray actor (tiny model, token-id prompts).
+
+    The engine core runs inside the actor process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
+    OpenRLHF does with ``full_determinism``): on a loaded 2-core machine spawning the engine-core
+    and worker processes took 30-200 s, in-process 15 s. Payloads are bytes and dicts either way.
+    """
+
+    def __init__(self, model_path: str, das_config: dict[str, Any] | None, max_model_len: int = 256) -> None:
+        """``das_config`` None: a stock engine (no speculation), for baselines."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        from openrlhf_das.config import DASConfig
+        from openrlhf_das.engines.vllm import engine_kwargs, export_config
+
+        das = {}
+        if das_config is None:
+            export_config(None)
+        else:
+            das = engine_kwargs(DASConfig.from_dict(das_config))
+        self.llm = LLM(
+            model=model_path,
+            skip_tokenizer_init=True,
+            enforce_eager=True,
+            dtype="float32",
+            max_model_len=max_model_len,
+            max_num_seqs=64,
+            seed=0,
+            **das,
+        )
+
+    def ready(self) -> bool:
+        return True
+
+    def das_rpc(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.llm.collective_rpc(method, args=args, kwargs=kwargs)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        problem_ids: list[str],
+        max_tokens: int | list[int],
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[list[int]]:
+        """Fixed-length responses (EOS ignored; ``max_tokens`` per prompt or for all), tagged
+        with their problem ids; greedy unless ``temperature`` > 0."""
+        from vllm import SamplingParams
+
+        from openrlhf_das.engines.vllm import with_das_metadata
+
+        lengths = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+        params = [
+            with_das_metadata(SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True,
+                                             seed=None if seed is None else seed + i), pid)
+            for i, (pid, n) in enumerate(zip(problem_ids, lengths, strict=True))
+        ]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
