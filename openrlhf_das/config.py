@@ -120,6 +120,11 @@ class DASConfig(_Strict):
     gate: GateConfig = GateConfig()
     step_quota_tokens: int | None = Field(default=None, ge=1)
     """Optional cap on draft tokens per engine step; long requests are served first."""
+    pad_drafts: bool = False
+    """Engine: pad every decode request's draft to ``num_speculative_tokens`` with filler tokens
+    (verified and normally rejected, so still lossless) so every decode step is uniform
+    (1 + k query tokens per request) and replays vLLM's FULL_DECODE_ONLY CUDA graphs instead
+    of running eager. Costs up to k extra verify tokens per request and step."""
 
     # --- reports ---------------------------------------------------------------------------
     length_buckets: tuple[int, ...] = (1000, 2000, 4000, 8000)

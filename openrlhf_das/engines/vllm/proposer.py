@@ -97,6 +97,11 @@ class DASProposer(SuffixDecodingProposer):
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
             self.engine_faults += 1
             logger.exception("DAS proposer fault; no drafts this step")
+            try:  # nothing is pending verification now: don't score the next step against old drafts
+                for rid in a.input_batch.req_ids:
+                    self.speculator.tracker.forget(rid)
+            except Exception:  # noqa: BLE001
+                pass
             return [[] for _ in range(n)]
         finally:
             self.propose_seconds += time.perf_counter() - t0
@@ -108,12 +113,15 @@ class DASProposer(SuffixDecodingProposer):
         n = len(sampled)
         self._forget_finished(req_ids)
         batch_ids = set(req_ids)
-        self.resumed += len((batch_ids - self._prev_batch).intersection(self._meta))
+        resumed = (batch_ids - self._prev_batch).intersection(self._meta)
+        self.resumed += len(resumed)
+        for rid in resumed:  # vLLM dropped its drafts when it left the batch: they were never verified
+            spec.tracker.forget(rid)
         self._prev_batch = batch_ids
         k = self.num_speculative_tokens if k is None else min(k, self.num_speculative_tokens)
         if k <= 0 or not spec.gate_allows(n):
             spec.observe_gated(req_ids, sampled)
-            return [[] for _ in range(n)]
+            return self._pad([[] for _ in range(n)], k, input_batch, sampled)
 
         rows: list[int] = []
         batch: list[StepRequest] = []
@@ -135,6 +143,23 @@ class DASProposer(SuffixDecodingProposer):
             if d:
                 room = self.max_model_len - int(num_tokens[i]) - 1
                 drafts[i] = d[: min(k, room)]
+        return self._pad(drafts, k, input_batch, sampled)
+
+    def _pad(self, drafts: list[list[int]], k: int, input_batch: Any, sampled: list[list[int]]) -> list[list[int]]:
+        """With ``pad_drafts``: fill every decode request's draft up to k with its last token
+        (a filler the rejection sampler verifies like any draft), so the step is uniform."""
+        if not self.das_config.pad_drafts or k <= 0:
+            return drafts
+        num_tokens = input_batch.num_tokens_no_spec
+        tok = input_batch.token_ids_cpu
+        for i, d in enumerate(drafts):
+            if not sampled[i]:
+                continue
+            nt = int(num_tokens[i])
+            room = min(k, self.max_model_len - nt - 1)
+            if len(d) < room:
+                filler = d[-1] if d else int(tok[i, nt - 1])
+                drafts[i] = d + [filler] * (room - len(d))
         return drafts
 
     # ------------------------------------------------------------------ request metadata
