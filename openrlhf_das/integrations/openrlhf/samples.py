@@ -25,6 +25,7 @@ Everything here is inert unless this process has a DAS config and the history ac
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Any, Callable
@@ -33,7 +34,17 @@ import numpy as np
 
 from . import problem_ids, settings
 
-logger = logging.getLogger(__name__)
+
+def _make_logger() -> logging.Logger:
+    """OpenRLHF's logger setup when available (its trainer processes print INFO), else stdlib."""
+    try:
+        from openrlhf.utils.logging_utils import init_logger
+    except ImportError:  # pragma: no cover - OpenRLHF absent
+        return logging.getLogger(__name__)
+    return init_logger("openrlhf_das")
+
+
+logger = _make_logger()
 
 ADD_CHUNK = 256
 """Rollouts per ``add_rollouts`` call (bounds one Ray message)."""
@@ -52,8 +63,9 @@ class GeneratorState:
         self.capturing = False
         self.captured: list[dict[str, Any]] = []
         self.push_pending = False
-        self.events: list[tuple[str, int]] = []
-        """("push"|"generate"|"end_step", step) in order: the step-boundary protocol, for tests."""
+        self.events: collections.deque[tuple[str, int]] = collections.deque(maxlen=3000)
+        """("push"|"generate"|"end_step", step) in order (the last 1000 steps): the step-boundary
+        protocol, for tests and post-mortems."""
         self.last_result: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ step protocol
@@ -62,11 +74,15 @@ class GeneratorState:
 
         if self.push_pending:
             self.push_pending = False
-            loaded = ray.get(self.history.push_snapshots.remote())
-            errors = [e["error"] for e in loaded if "error" in e]
-            if errors:
-                logger.error("DAS: snapshot push before step %d failed on some engines: %s", self.step, errors)
-            self.events.append(("push", self.step))
+            try:
+                loaded = ray.get(self.history.push_snapshots.remote())
+            except Exception:  # noqa: BLE001 - DAS only speeds rollouts up: never stop training
+                logger.exception("DAS: snapshot push before step %d failed; engines keep older history", self.step)
+            else:
+                errors = [e["error"] for e in loaded if "error" in e]
+                if errors:
+                    logger.error("DAS: snapshot push before step %d failed on some engines: %s", self.step, errors)
+                self.events.append(("push", self.step))
         self.events.append(("generate", self.step))
         self.captured = []
         self.capturing = True
@@ -82,22 +98,27 @@ class GeneratorState:
         step = self.step
         for r in rollouts:
             r["step"] = step
-        refs = [self.history.add_rollouts.remote(rollouts[i : i + ADD_CHUNK]) for i in range(0, len(rollouts), ADD_CHUNK)]
-        end = self.history.end_step.remote(step, rollout_seconds=seconds, push=False)
-        ray.get(refs)
-        result = ray.get(end)
+        self.step = step + 1
+        try:
+            refs = [self.history.add_rollouts.remote(rollouts[i : i + ADD_CHUNK]) for i in range(0, len(rollouts), ADD_CHUNK)]
+            end = self.history.end_step.remote(step, rollout_seconds=seconds, push=False)
+            ray.get(refs)
+            result = ray.get(end)
+        except Exception:  # noqa: BLE001 - DAS only speeds rollouts up: never stop training
+            logger.exception("DAS: recording step %d failed; its rollouts are not in the history", step)
+            return
         self.events.append(("end_step", step))
         self.classes = dict(result.get("classes") or {})
         self.push_pending = True
         self.last_result = result
-        self.step = step + 1
         metrics = result.get("metrics") or {}
         if result.get("errors"):
             logger.error("DAS step %d: %s", step, result["errors"])
         logger.info(
             "DAS step %d: %d rollouts, %.1f s generation; %s",
             step, len(rollouts), seconds,
-            ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))),
+            ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
+                      if isinstance(v, (int, float)) and "/bucket/" not in k and "/class/" not in k),
         )
 
     def capture(self, response: dict[str, Any]) -> None:
