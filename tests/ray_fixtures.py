@@ -12,7 +12,20 @@ from typing import Any, Iterator
 
 import pytest
 
+from openrlhf_das.config import DASConfig
+
 TESTS_DIR = str(Path(__file__).resolve().parent)
+
+
+# Problem trees only (no request/global tree, no live siblings), flat budget 4: every draft then
+# comes from history the history actor shipped.
+PROBLEM_TREE_ONLY = DASConfig().with_overrides({
+    "length_policy": False,
+    "flat_budget": {"tokens": 4, "factor": 1.0},
+    "use_request_tree": False,
+    "use_global_tree": False,
+    "use_siblings": False,
+})
 
 
 @pytest.fixture(scope="session", name="ray_cluster")

@@ -25,22 +25,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from openrlhf_das.config import DASConfig
+from ray_fixtures import PROBLEM_TREE_ONLY
 from openrlhf_das.integrations.openrlhf import openrlhf_cli, patches, problem_ids, settings
 from openrlhf_das.models.tiny import build_tiny_model, build_tiny_tokenizer
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
-# Problem trees only (no request/global tree, no live siblings), flat budget: every draft comes
-# from history the history actor shipped. Greedy decoding repeats a problem's earlier responses,
-# so drafts are accepted.
-CONFIG = DASConfig().with_overrides({
-    "length_policy": False,
-    "flat_budget": {"tokens": 4, "factor": 1.0},
-    "use_request_tree": False,
-    "use_global_tree": False,
-    "use_siblings": False,
-})
+# Greedy decoding repeats a problem's earlier responses, so problem-tree drafts are accepted.
+CONFIG = PROBLEM_TREE_ONLY
 MAX_NEW = 32
 ROWS = [  # two rows with their own id, two identified by their prompt text
     {"problem_id": "pA", "prompt": "t3 t9 t27 t81 t5 t15 t45 t135", "label": ""},

@@ -12,22 +12,15 @@ import time
 
 import numpy as np
 import pytest
-from ray_fixtures import VLLMEngine, ray_cluster_fixture  # noqa: F401 - the ray_cluster fixture
+from ray_fixtures import PROBLEM_TREE_ONLY, VLLMEngine, ray_cluster_fixture  # noqa: F401 - the ray_cluster fixture
 
-from openrlhf_das.config import DASConfig
 from openrlhf_das.models.tiny import build_tiny_model
 from openrlhf_das.ray import create_history_actor
 from openrlhf_das.reports import load_run, render
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
-CONFIG = DASConfig().with_overrides({
-    "length_policy": False,
-    "flat_budget": {"tokens": 4, "factor": 1.0},
-    "use_request_tree": False,
-    "use_global_tree": False,
-    "use_siblings": False,
-})
+CONFIG = PROBLEM_TREE_ONLY
 
 
 def test_rollouts_to_engine_drafts(ray_cluster, tmp_path) -> None:
