@@ -65,16 +65,21 @@ def engine_kwargs(
     return {"speculative_config": speculative_config(config), "worker_extension_cls": worker_extension_cls, **kw}
 
 
-def with_das_metadata(params: Any, problem_id: str | None, length_class: LengthClass | str | None = None) -> Any:
+def with_das_metadata(
+    params: Any, problem_id: str | None, length_class: LengthClass | str | None = None, generated_offset: int = 0
+) -> Any:
     """A copy of ``SamplingParams`` carrying the request's problem id and class in
-    ``extra_args["das"]`` (OpenRLHF shares one SamplingParams across requests: never mutate)."""
+    ``extra_args["das"]`` (OpenRLHF shares one SamplingParams across requests: never mutate).
+    ``generated_offset`` (partial rollouts): tokens the sample generated before this request."""
     sp = copy.copy(params)
     extra = dict(sp.extra_args or {})
-    das: dict[str, str] = {}
+    das: dict[str, Any] = {}
     if problem_id is not None:
         das["problem_id"] = str(problem_id)
     if length_class is not None:
         das["length_class"] = LengthClass(length_class).value
+    if generated_offset:
+        das["generated_offset"] = int(generated_offset)
     extra["das"] = das
     sp.extra_args = extra
     return sp

@@ -8,7 +8,9 @@ rejection sampler: outputs and logprobs are those of plain decoding.
   delegated to the stock proposer: the engine behaves exactly like stock vLLM.
 * With one, drafts come from :class:`~openrlhf_das.speculator.DASSpeculator`; per-request
   metadata travels in ``SamplingParams.extra_args["das"] = {"problem_id": str,
-  "length_class": "short"|"medium"|"long"}`` (both optional).
+  "length_class": "short"|"medium"|"long", "generated_offset": int}`` (all optional;
+  ``generated_offset`` = tokens a resumed partial rollout generated before this request, so
+  promotion sees the sample's total length; default 0).
 * Per-request trees survive a request leaving the batch (preemption, pause) and are rebuilt
   from the full token list when needed; they are freed when vLLM forgets the request.
 * The acceptance of the previous draft is ``len(sampled_token_ids[i]) - 1``.
@@ -75,7 +77,7 @@ class DASProposer(SuffixDecodingProposer):
         self.resumed = 0  # requests that re-entered the batch after leaving it (preemption)
         self.bad_metadata = 0  # requests whose extra_args["das"] could not be used
         self._prev_batch: set[str] = set()
-        self._meta: dict[str, tuple[str | None, LengthClass | None]] = {}
+        self._meta: dict[str, tuple[str | None, LengthClass | None, int]] = {}
         if self.das_config is not None:
             if self.das_config.max_budget > self.num_speculative_tokens:
                 raise ValueError(
@@ -135,9 +137,9 @@ class DASProposer(SuffixDecodingProposer):
             if nt >= self.max_model_len - 1:
                 continue
             rid = req_ids[i]
-            pid, cls = self._meta_of(rid)
+            pid, cls, offset = self._meta_of(rid)
             rows.append(i)
-            batch.append(StepRequest(rid, tok[i, :nt], int(num_prompt[i]), pid, cls, len(sampled[i])))
+            batch.append(StepRequest(rid, tok[i, :nt], int(num_prompt[i]), pid, cls, len(sampled[i]), offset))
         drafts: list[list[int]] = [[] for _ in range(n)]
         for i, d in zip(rows, spec.step(batch, num_running=n)):
             if d:
@@ -163,18 +165,21 @@ class DASProposer(SuffixDecodingProposer):
         return drafts
 
     # ------------------------------------------------------------------ request metadata
-    def _meta_of(self, req_id: str) -> tuple[str | None, LengthClass | None]:
+    def _meta_of(self, req_id: str) -> tuple[str | None, LengthClass | None, int]:
         meta = self._meta.get(req_id)
         if meta is None:
-            meta = (None, None)
+            meta = (None, None, 0)
             state = self.runner.requests.get(req_id) if self.runner is not None else None
             sp = getattr(state, "sampling_params", None)
             das = ((sp.extra_args or {}).get("das") if sp is not None else None) or {}
             try:
                 pid = das.get("problem_id")
                 cls = das.get("length_class")
-                meta = (str(pid) if pid is not None else None, LengthClass(cls) if cls else None)
-            except (AttributeError, ValueError):
+                offset = int(das.get("generated_offset") or 0)
+                if offset < 0:
+                    raise ValueError("negative generated_offset")
+                meta = (str(pid) if pid is not None else None, LengthClass(cls) if cls else None, offset)
+            except (AttributeError, ValueError, TypeError):
                 self.bad_metadata += 1
                 logger.warning("request %s: unusable extra_args['das']=%r; drafting without it", req_id, das)
             self._meta[req_id] = meta
