@@ -241,3 +241,41 @@ def test_resumed_params_carry_offset(engine):
     assert sp.max_tokens == MAX_TOKENS - 10 and engine.params.max_tokens == MAX_TOKENS
     assert sp.extra_args["das"] == {"problem_id": "p0", "length_class": "long", "generated_offset": 10}
     assert engine.params.extra_args is None or "das" not in engine.params.extra_args
+
+
+@pytest.mark.engine
+def test_resumed_request_promotes_at_total_length_in_engine(engine):
+    """In the engine: short-class samples cut after > promote_medium_tokens tokens are medium
+    from the first decode step of their resumed request (without the offset they would restart
+    at 0 generated tokens and stay short for another promote_medium_tokens tokens)."""
+    from engine_fixtures import inproc_drafter
+    from openrlhf_das.engines.vllm.partial import PartialRolloutManager, StepBudget
+
+    llm = engine.llm
+    spec = inproc_drafter(llm).speculator
+    llm.collective_rpc("das_update_config", args=({"promote_medium_tokens": 12, "promote_long_tokens": 1000},))
+    first: dict[str, tuple[int, int, LengthClass]] = {}
+    orig = spec.class_of
+
+    def spy(req):
+        c = orig(req)
+        first.setdefault(req.request_id, (req.generated, req.generated_offset, c))
+        return c
+
+    try:
+        mgr = PartialRolloutManager(llm, engine.params)
+        mgr.add_problems(_problems(engine.prompts[:4]), 1, length_classes={f"p{i}": "short" for i in range(4)})
+        cut = mgr.run_step(StepBudget("tokens", 4 * 20))
+        offsets = sorted(len(s.tokens) for s in mgr.carried)
+        assert cut.carried == 4 and min(offsets) > 12, offsets
+        first.clear()
+        spec.class_of = spy
+        mgr.run_step(StepBudget(), max_new=0)
+    finally:
+        spec.__dict__.pop("class_of", None)
+        llm.collective_rpc("das_update_config", args=({"promote_medium_tokens": CONFIG.promote_medium_tokens,
+                                                        "promote_long_tokens": CONFIG.promote_long_tokens},))
+    assert len(first) == 4
+    for generated, offset, c in first.values():
+        assert offset in offsets and generated >= offset > 12
+        assert c is LengthClass.MEDIUM
