@@ -279,3 +279,81 @@ def test_resumed_request_promotes_at_total_length_in_engine(engine):
     for generated, offset, c in first.values():
         assert offset in offsets and generated >= offset > 12
         assert c is LengthClass.MEDIUM
+
+
+@pytest.mark.engine
+def test_logprobs_concatenate_across_cuts(engine):
+    """Chosen-token logprobs (what IS correction uses) survive the cut: equal to an
+    uninterrupted run's within float32 noise (the resumed prefix is recomputed by prefill)."""
+    from vllm import SamplingParams
+
+    from engine_fixtures import chosen_logprobs, token_ids
+    from openrlhf_das.engines.vllm.partial import PartialRolloutManager, StepBudget
+
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0)
+    prompts = engine.prompts[:3]
+    outs = engine.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    ref_tok, ref_lp = token_ids(outs), chosen_logprobs(outs)
+    mgr = PartialRolloutManager(engine.llm, params)
+    mgr.add_problems(_problems(prompts), 1)
+    results, finished = _drain(mgr, StepBudget("tokens", 40))
+    assert results[0].carried > 0
+    for f in finished:
+        i = int(f.problem_id[1:])
+        assert f.response_token_ids == ref_tok[i]
+        assert len(f.logprobs) == len(f.response_token_ids)
+        np.testing.assert_allclose(f.logprobs, ref_lp[i], atol=1e-3)
+
+
+def _negate_final_norm(worker):
+    # the final RMSNorm's weight is read directly at every forward (CPU linear layers keep a
+    # prepacked copy of their weights, so editing lm_head.weight in place would not take)
+    worker.model_runner.model.model.norm.weight.data.neg_()
+    return True
+
+
+@pytest.mark.engine
+def test_real_weight_change_between_steps(engine):
+    """An actual weight change between steps (final norm negated through ``collective_rpc``, then
+    restored): the segment before the cut is the old policy's output, the segment after it is
+    the new policy's greedy continuation of prompt + that prefix, tagged with the new version."""
+    from engine_fixtures import token_ids
+    from openrlhf_das.engines.vllm.partial import PartialRolloutManager, StepBudget
+
+    llm = engine.llm
+    prompts = engine.prompts[:3]
+    mgr = PartialRolloutManager(llm, engine.params)
+    mgr.add_problems(_problems(prompts), 1)
+    cut = mgr.run_step(StepBudget("tokens", 3 * 16))
+    assert cut.carried == 3
+    prefixes = {s.problem_id: list(s.tokens) for s in mgr.carried}
+    assert all(prefixes.values())
+    negated = False
+    try:
+        assert llm.collective_rpc(_negate_final_norm) == [True]
+        negated = True
+        llm.reset_prefix_cache()
+        mgr.bump_weight_version()
+        res = mgr.run_step(StepBudget())
+        expect = {}
+        for pid, pre in prefixes.items():
+            i = int(pid[1:])
+            sp = engine.params.clone()
+            sp.max_tokens = MAX_TOKENS - len(pre)
+            expect[pid] = token_ids(llm.generate([{"prompt_token_ids": prompts[i] + pre}], sp, use_tqdm=False))[0]
+    finally:
+        if negated:
+            llm.collective_rpc(_negate_final_norm)
+            llm.reset_prefix_cache()
+    assert len(res.finished) == 3 and not mgr.num_pending
+    changed = 0
+    for f in res.finished:
+        i = int(f.problem_id[1:])
+        pre = prefixes[f.problem_id]
+        assert [(v, a, b) for v, a, b in f.segments] == [(0, 0, len(pre)), (1, len(pre), len(f.response_token_ids))]
+        assert pre == engine.ref[i][: len(pre)]
+        assert f.response_token_ids[len(pre):] == expect[f.problem_id]
+        changed += f.response_token_ids != engine.ref[i]
+    assert changed > 0, "negating the final norm did not change any output"
+    # restored: the old policy's outputs are back
+    assert token_ids(llm.generate([{"prompt_token_ids": prompts[0]}], engine.params, use_tqdm=False))[0] == engine.ref[0]
