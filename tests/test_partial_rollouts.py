@@ -357,3 +357,59 @@ def test_real_weight_change_between_steps(engine):
     assert changed > 0, "negating the final norm did not change any output"
     # restored: the old policy's outputs are back
     assert token_ids(llm.generate([{"prompt_token_ids": prompts[0]}], engine.params, use_tqdm=False))[0] == engine.ref[0]
+
+
+@pytest.mark.engine
+def test_stop_tokens_finish_mid_step(engine):
+    """Samples ending on a stop token at different lengths (some inside a step, some after a
+    resume) match the uninterrupted run, with their finish reasons."""
+    from vllm import SamplingParams
+
+    from engine_fixtures import token_ids
+    from openrlhf_das.engines.vllm.partial import PartialRolloutManager, StepBudget
+
+    stop = [engine.ref[0][9], engine.ref[1][30]]
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=stop)
+    outs = engine.llm.generate([{"prompt_token_ids": p} for p in engine.prompts], params, use_tqdm=False)
+    ref = token_ids(outs)
+    reasons = [o.outputs[0].finish_reason for o in outs]
+    assert "stop" in reasons and len({len(r) for r in ref}) > 2
+    mgr = PartialRolloutManager(engine.llm, params)
+    mgr.add_problems(_problems(engine.prompts), 1)
+    results, finished = _drain(mgr, StepBudget("tokens", 50))
+    assert results[0].carried > 0 and len(finished) == N_PROBLEMS
+    for f in finished:
+        i = int(f.problem_id[1:])
+        assert (f.response_token_ids, f.finish_reason) == (ref[i], reasons[i])
+
+
+@pytest.mark.engine
+def test_smollm2_fp32_cut_resume_identity():
+    """A real model (SmolLM2-135M-Instruct, float32): chat prompts, EOS at various lengths;
+    cut/resume outputs equal the uninterrupted greedy run."""
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from engine_fixtures import running_llm, smollm2_fp32, token_ids
+    from openrlhf_das.engines.vllm.partial import PartialRolloutManager, StepBudget
+
+    model = smollm2_fp32()
+    tok = AutoTokenizer.from_pretrained(model)
+    texts = ["What is 2+3?", "Say hello.", "Count from 1 to 20.", "What is the capital of France?"]
+    prompts = []
+    for t in texts:
+        ids = tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    params = SamplingParams(temperature=0.0, max_tokens=24)
+    with running_llm(model, das=CONFIG, max_num_seqs=8, max_model_len=256) as llm:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        ref, reasons = token_ids(outs), [o.outputs[0].finish_reason for o in outs]
+        mgr = PartialRolloutManager(llm, params)
+        mgr.add_problems(_problems(prompts), 1)
+        results, finished = _drain(mgr, StepBudget("tokens", 30))
+    assert "stop" in reasons and "length" in reasons
+    assert results[0].carried > 0 and len(finished) == len(prompts)
+    assert any(len(f.segments) > 1 for f in finished)
+    for f in finished:
+        i = int(f.problem_id[1:])
+        assert (f.response_token_ids, f.finish_reason) == (ref[i], reasons[i]), f.key
