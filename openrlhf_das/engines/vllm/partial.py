@@ -162,7 +162,7 @@ class PartialRolloutManager:
         self.step_index = 0
         self._carried: list[PartialSample] = []
         self._new: deque[PartialSample] = deque()
-        self._known: set[tuple[str, int]] = set()
+        self._num_samples: dict[str, int] = {}  # problem id -> samples queued so far
         self._finished_keys: set[tuple[str, int]] = set()
         self._history: list[Rollout] = []
         self._ids = itertools.count()
@@ -174,15 +174,16 @@ class PartialRolloutManager:
         samples_per_problem: int = 1,
         length_classes: dict[str, str] | None = None,
     ) -> None:
-        """Queue ``samples_per_problem`` samples of each ``(problem_id, prompt_token_ids)``."""
+        """Queue ``samples_per_problem`` samples of each ``(problem_id, prompt_token_ids)``.
+        Sample indices continue per problem id across calls (a problem added again gets new
+        indices), so ``(problem_id, sample_index)`` identifies a sample for the manager's life."""
         for pid, prompt in problems:
             pid = str(pid)
             cls = (length_classes or {}).get(pid)
-            start = sum(1 for k in self._known if k[0] == pid)
+            start = self._num_samples.get(pid, 0)
+            self._num_samples[pid] = start + samples_per_problem
             for j in range(start, start + samples_per_problem):
-                s = PartialSample(pid, j, list(prompt), length_class=cls)
-                self._known.add(s.key)
-                self._new.append(s)
+                self._new.append(PartialSample(pid, j, list(prompt), length_class=cls))
 
     def set_weight_version(self, version: int) -> None:
         """Weights were updated: segments generated from now on carry ``version``. Also recorded
