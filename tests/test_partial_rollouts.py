@@ -384,9 +384,48 @@ def test_stop_tokens_finish_mid_step(engine):
 
 
 @pytest.mark.engine
+def test_engine_error_mid_step_loses_nothing(engine):
+    """A planted engine error in the middle of a step: the step raises, its in-flight samples
+    are carried over with their tokens so far, and later steps finish everything exactly once
+    with the uninterrupted outputs."""
+    from openrlhf_das.engines.vllm.partial import PartialRolloutManager, StepBudget
+
+    eng = engine.llm.llm_engine
+    mgr = PartialRolloutManager(engine.llm, engine.params)
+    mgr.add_problems(_problems(engine.prompts), SAMPLES)
+    first = mgr.run_step(StepBudget("tokens", 60)).finished  # most samples are cut here
+    calls = {"n": 0}
+    real_step = eng.step
+
+    def faulty_step():
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("planted engine fault")
+        return real_step()
+
+    eng.step = faulty_step
+    try:
+        with pytest.raises(RuntimeError, match="planted"):
+            mgr.run_step(StepBudget())
+    finally:
+        del eng.step
+    assert not eng.has_unfinished_requests()  # the failed step's requests were aborted
+    assert any(len(s.segments) >= 2 for s in mgr.carried)  # progress made before the fault is kept
+    _, finished = _drain(mgr, StepBudget("tokens", 70))
+    finished = first + finished
+    assert len({f.key for f in finished}) == len(finished) == N_PROBLEMS * SAMPLES
+    for f in finished:
+        _check_segments(f)
+        assert f.response_token_ids == engine.ref[int(f.problem_id[1:])]
+
+
+@pytest.mark.engine
 def test_smollm2_fp32_cut_resume_identity():
     """A real model (SmolLM2-135M-Instruct, float32): chat prompts, EOS at various lengths;
-    cut/resume outputs equal the uninterrupted greedy run."""
+    cut/resume outputs equal the uninterrupted greedy run.
+
+    Keep this test last in the file: shutting down a second in-process engine tears down
+    vLLM's process-global parallel state, which the module's tiny engine still uses."""
     from transformers import AutoTokenizer
     from vllm import SamplingParams
 

@@ -164,6 +164,7 @@ class PartialRolloutManager:
         self._new: deque[PartialSample] = deque()
         self._num_samples: dict[str, int] = {}  # problem id -> samples queued so far
         self._finished_keys: set[tuple[str, int]] = set()
+        self._unreported: list[FinishedSample] = []  # finished in a step that raised
         self._history: list[Rollout] = []
         self._ids = itertools.count()
 
@@ -207,7 +208,8 @@ class PartialRolloutManager:
 
     @property
     def num_pending(self) -> int:
-        return len(self._carried) + len(self._new)
+        """Samples not yet reported: carried over, queued, or finished in a step that raised."""
+        return len(self._carried) + len(self._new) + len(self._unreported)
 
     # ------------------------------------------------------------------ one rollout step
     def _params_for(self, s: PartialSample) -> Any:
@@ -244,21 +246,65 @@ class PartialRolloutManager:
 
         live: dict[str, PartialSample] = {}
         seen: dict[str, int] = {}  # request id -> output tokens of this segment seen so far
-        finished: list[FinishedSample] = []
-        for s in order:
-            if len(s.tokens) >= self.params.max_tokens:  # defensive: nothing left to generate
-                finished.append(self._finish(s, "length"))
-                continue
-            rid = f"das-partial-{s.problem_id}-{s.sample_index}-{next(self._ids)}"
-            s.submissions += 1
-            self.engine.add_request(rid, {"prompt_token_ids": s.prompt_token_ids + s.tokens}, self._params_for(s))
-            live[rid] = s
-            seen[rid] = 0
+        outputs_cache: dict[str, Any] = {}
+        finished: list[FinishedSample] = self._unreported
+        self._unreported = []
+        submitted = 0
+        try:
+            for s in order:
+                if len(s.tokens) >= self.params.max_tokens:  # defensive: nothing left to generate
+                    finished.append(self._finish(s, "length"))
+                else:
+                    rid = f"das-partial-{s.problem_id}-{s.sample_index}-{next(self._ids)}"
+                    self.engine.add_request(rid, {"prompt_token_ids": s.prompt_token_ids + s.tokens}, self._params_for(s))
+                    s.submissions += 1
+                    live[rid] = s
+                    seen[rid] = 0
+                submitted += 1
+            tokens_step, engine_steps, reached = self._step_loop(budget, version, live, seen, finished, outputs_cache)
+        except BaseException:
+            # nothing is lost: in-flight samples keep the tokens seen so far and are carried over,
+            # unsubmitted ones go back to their queues, finished ones are reported by the next step
+            self._unreported = finished
+            resumed_keys = {s.key for s in resumed}
+            rest = order[submitted:]
+            self._carried.extend(s for s in rest if s.key in resumed_keys)
+            self._new.extendleft(reversed([s for s in rest if s.key not in resumed_keys]))
+            self.step_index += 1
+            self._cut(live, outputs_cache, version)
+            raise
+        self._cut(live, outputs_cache, version)
+        result = StepResult(
+            self.step_index, version, finished, len(self._carried), tokens_step, engine_steps, len(resumed), reached
+        )
+        self.step_index += 1
+        return result
 
+    def _cut(self, live: dict[str, PartialSample], outputs_cache: dict[str, Any], version: int) -> None:
+        """Abort what is still running; keep its tokens so far in the carry-over queue."""
+        if not live:
+            return
+        try:
+            self.engine.abort_request(list(live))
+        finally:
+            for rid, s in live.items():
+                comp = outputs_cache.get(rid)
+                self._commit(s, list(comp.token_ids) if comp is not None else [], comp, version)
+                self._carried.append(s)
+            live.clear()
+
+    def _step_loop(
+        self,
+        budget: StepBudget,
+        version: int,
+        live: dict[str, PartialSample],
+        seen: dict[str, int],
+        finished: list[FinishedSample],
+        outputs_cache: dict[str, Any],
+    ) -> tuple[int, int, bool]:
         tokens_step = 0
         engine_steps = 0
         reached = False
-        outputs_cache: dict[str, Any] = {}
         while live and self.engine.has_unfinished_requests():
             outs = self.engine.step()
             engine_steps += 1
@@ -279,19 +325,7 @@ class PartialRolloutManager:
             if budget.reached(tokens_step, len(finished)):
                 reached = bool(live)
                 break
-
-        # cut: abort what is still running, keep its tokens so far
-        if live:
-            self.engine.abort_request(list(live))
-            for rid, s in live.items():
-                comp = outputs_cache.get(rid)
-                self._commit(s, list(comp.token_ids) if comp is not None else [], comp, version)
-                self._carried.append(s)
-        result = StepResult(
-            self.step_index, version, finished, len(self._carried), tokens_step, engine_steps, len(resumed), reached
-        )
-        self.step_index += 1
-        return result
+        return tokens_step, engine_steps, reached
 
     def _commit(self, s: PartialSample, toks: list[int], comp: Any, version: int) -> None:
         """Append a segment's tokens (and chosen-token logprobs, when requested) to ``s``."""
