@@ -112,7 +112,7 @@ def run_child(args) -> None:
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
     from vllm import LLM, SamplingParams
 
-    from openrlhf_das.engines.vllm.epochs import Problem, run_epochs
+    from openrlhf_das.engines.vllm.epochs import run_epochs
 
     if Path(args.model).is_dir():
         model = args.model

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

@@ -16,7 +16,6 @@ Scripts get the paths with ``python -m openrlhf_das.integrations.openrlhf.reward
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
