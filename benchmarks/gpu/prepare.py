@@ -30,6 +30,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
+from verify import sha256  # same folder: the GPU-side checker, stdlib only
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -99,14 +100,6 @@ MODELS = {
 
 def log(msg):
     print(f"[prepare] {msg}", flush=True)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for b in iter(lambda: fh.read(1 << 22), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def pip(*args, quiet=True):

@@ -190,9 +190,7 @@ class DASProposer(SuffixDecodingProposer):
         merely left the batch (preempted, paused) stay in ``runner.requests`` and keep theirs."""
         if self.runner is None or not self._meta:
             return
-        known = self.runner.requests
-        gone = [rid for rid in self._meta if rid not in known]
-        for rid in gone:
+        for rid in self._meta.keys() - self.runner.requests.keys():
             del self._meta[rid]
             self.speculator.finish(rid)
 

@@ -58,11 +58,16 @@ def _patch_prompts_dataset(mod: Any) -> None:
             problem_ids.register(data, prompt)
         return prompt, label
 
-    preprocess_data.__doc__ = original.__doc__
-    preprocess_data.__wrapped__ = original
-    preprocess_data.__das_original__ = original
-    preprocess_data.__das_patched__ = True
+    _mark_patched(preprocess_data, original)
     mod.preprocess_data = preprocess_data
+
+
+def _mark_patched(wrapper: Any, original: Any) -> None:
+    """Give ``wrapper`` the original's docstring and the markers that make patching idempotent."""
+    wrapper.__doc__ = original.__doc__
+    wrapper.__wrapped__ = original
+    wrapper.__das_original__ = original
+    wrapper.__das_patched__ = True
 
 
 def _patch_samples_generator(mod: Any) -> None:
@@ -83,10 +88,7 @@ def _patch_vllm_engine(mod: Any) -> None:
 
         return engines.create_vllm_engines(*args, **kwargs)
 
-    create_vllm_engines.__doc__ = original.__doc__
-    create_vllm_engines.__wrapped__ = original
-    create_vllm_engines.__das_original__ = original
-    create_vllm_engines.__das_patched__ = True
+    _mark_patched(create_vllm_engines, original)
     mod.create_vllm_engines = create_vllm_engines
 
 
