@@ -154,3 +154,25 @@ def test_train_scripts_flags_parse_with_openrlhf(script, tmp_path):
         assert args.reward.remote_url and args.reward.remote_url.endswith("_reward_func.py")
         assert args.data.input_key == "prompt" and args.data.label_key == "label"
         assert args.ds.attn_implementation in ("sdpa", "flash_attention_2")
+
+
+def test_partial_rollout_needs_openrlhf_async_partial_mode(monkeypatch, capsys):
+    """--das.partial_rollout is checked against OpenRLHF's real parser before Ray starts."""
+    ran, rays = [], []
+    monkeypatch.setattr(openrlhf_cli, "run", lambda argv: ran.append(list(argv)) or 0)
+    monkeypatch.setattr(cli, "start_ray", lambda config, integ, **kw: rays.append(integ))
+    base = ["--das", "--das.partial_rollout", "true", *USER_ARGV]
+    assert cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert "--train.async_enable --train.partial_rollout_enable" in err and "vllm_generate_batch_size" in err
+    ok = [*base, "--train.async_enable", "--train.partial_rollout_enable",
+          "--rollout.batch_size", "4", "--rollout.vllm_generate_batch_size", "8"]
+    assert cli.main([*ok[:-1], "4"]) == 2  # in flight must exceed the step's batch
+    assert "must exceed" in capsys.readouterr().err
+    assert cli.main([*ok, "--das.partial_max_staleness", "0"]) == 2
+    assert "partial_max_staleness" in capsys.readouterr().err
+    assert ran == [] and rays == []
+    assert cli.main([*ok, "--das.partial_max_staleness", "3"]) == 0
+    [integ] = rays
+    assert integ.partial_rollout is True and integ.partial_max_staleness == 3
+    assert ran == [ok[3:]]  # OpenRLHF gets the user's flags, --das* removed

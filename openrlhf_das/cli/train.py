@@ -11,6 +11,10 @@ Usage: every ``python -m openrlhf.cli.train_ppo_ray`` flag, unchanged, plus::
     --das.sticky true|false     pin each problem to one engine (default true)
     --das.snapshot_every K      checkpoint the history every K steps (default 5)
     --das.history_cpus N        Ray CPUs of the history actor (default 1)
+    --das.partial_rollout true  asynchronous partial rollouts (needs --train.async_enable
+                                --train.partial_rollout_enable and --rollout.vllm_generate_batch_size
+                                > --rollout.batch_size; docs/partial-rollouts.md)
+    --das.partial_max_staleness K  carry an unfinished group over at most K steps (default 2)
     --das.help                  print this and exit
 
 ``--das=VALUE`` / ``--das.<key>=VALUE`` forms work too. Every ``--das*`` token is removed before
@@ -201,6 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..integrations.openrlhf import patches
 
+    if integ.partial_rollout:
+        from ..integrations.openrlhf.partial import check_openrlhf_args
+
+        problems = check_openrlhf_args(openrlhf_cli.parse_args(das.openrlhf_argv))
+        if problems:
+            print(f"{PROG}: error: " + "; ".join(problems), file=sys.stderr)
+            return 2
     settings.export(config, integ)
     patches.apply()
     start_ray(config, integ)

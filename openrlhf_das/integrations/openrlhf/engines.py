@@ -8,7 +8,9 @@
   shares one ``SamplingParams`` object). Without ``problem_id`` the id is the prompt hash
   (:func:`~.problem_ids.prompt_hash`), the same the trainer side computes. ``das_rpc(method,
   *args, **kwargs)`` forwards to ``llm.collective_rpc`` (list over workers), which the history
-  actor uses for ``das_load_snapshot`` / ``das_get_stats``.
+  actor uses for ``das_load_snapshot`` / ``das_get_stats``. With ``--das.partial_rollout`` its
+  ``pause_generation`` / ``resume_generation`` cut and resume in-flight samples across weight syncs
+  and tag their tokens with weight versions (:mod:`.partial`).
 * :func:`create_vllm_engines` has OpenRLHF's signature and placement logic (it calls OpenRLHF's
   own function), but each engine is a :class:`DASRolloutActor` with ``speculative_config``
   (method ``suffix``, k = the largest DAS budget) and ``worker_extension_cls`` =
@@ -21,6 +23,7 @@ Importing this module imports Ray, vLLM and OpenRLHF's rollout module.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -31,7 +34,7 @@ from openrlhf.trainer.ray import vllm_engine as _ve
 
 from ...config import DASConfig
 from ...engines.vllm.factory import export_config, speculative_config, with_das_metadata
-from . import problem_ids, settings
+from . import partial, problem_ids, settings
 from .worker import WORKER_WRAP
 
 logger = logging.getLogger(__name__)
@@ -48,17 +51,43 @@ each see the value of the call that spawned them."""
 class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
     """OpenRLHF ``RolloutRayActor`` + per-request DAS metadata + ``das_rpc``."""
 
-    async def __init__(self, *args: Any, das_config: str | None = None, **kwargs: Any) -> None:
+    async def __init__(self, *args: Any, das_config: str | None = None, das_partial: bool = False,
+                       **kwargs: Any) -> None:
         if das_config is not None:
             # The engine processes vLLM starts below inherit this (the proposer reads it).
             export_config(DASConfig.from_dict(json.loads(das_config)))
+        self._das_partial = partial.EnginePartialState() if das_partial else None
         await super().__init__(*args, **kwargs)
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         meta = _REQUEST.get()
+        if self._das_partial is not None and not multi_modal_data:
+            from vllm.utils import random_uuid
+
+            def tag(params: Any, offset: int) -> Any:
+                if meta is None:
+                    return params
+                return with_das_metadata(params, meta[0], meta[1], generated_offset=offset)
+
+            return await self._das_partial.generate(self.llm, list(prompt_token_ids), sampling_params, tag, random_uuid)
         if meta is not None:
             sampling_params = with_das_metadata(sampling_params, meta[0], meta[1])
         return await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
+
+    async def pause_generation(self):
+        if self._das_partial is not None:
+            await self._das_partial.pause(self.llm)  # cut: abort in-flight samples, keep their tokens
+        await super().pause_generation()
+
+    async def resume_generation(self):
+        await super().resume_generation()
+        if self._das_partial is not None:
+            self._das_partial.resume()  # new weight version; cut samples resubmit
+
+    def das_partial_stats(self) -> dict[str, int] | None:
+        """Cut/resume counters and the engine's weight version (None without partial rollouts)."""
+        p = self._das_partial
+        return None if p is None else {**p.stats, "weight_version": p.version, "inflight": len(p.inflight)}
 
     async def generate_responses(
         self,
@@ -75,9 +104,24 @@ class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
         pid = problem_id if problem_id else problem_ids.prompt_hash(prompt)
         token = _REQUEST.set((pid, length_class))
         try:
-            return await super().generate_responses(
-                prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
-            )
+            if self._das_partial is None:
+                return await super().generate_responses(
+                    prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
+                )
+
+            async def one_sample() -> dict[str, Any]:
+                # OpenRLHF's generate_responses runs `executor.execute` once per sample; here each
+                # runs in its own task with its own weight-version record.
+                runs: list[list[int]] = []
+                partial.SEGMENTS.set(runs)
+                response = await self.executor.execute(
+                    prompt=prompt, label=label, sampling_params=sampling_params, max_length=max_length,
+                    hf_tokenizer=hf_tokenizer, llm_engine=self, images=images,
+                )
+                response["das_weight_versions"] = partial.response_segments(runs)
+                return response
+
+            return await asyncio.gather(*(one_sample() for _ in range(num_samples)))
         finally:
             _REQUEST.reset(token)
 
@@ -94,17 +138,19 @@ class _DASActorFactory:
     """Stands in for ``RolloutRayActor`` while OpenRLHF's ``create_vllm_engines`` runs: same
     ``.options(...).remote(**actor_kwargs)`` calls, DAS actor + DAS engine kwargs."""
 
-    def __init__(self, config: DASConfig) -> None:
+    def __init__(self, config: DASConfig, partial_rollout: bool = False) -> None:
         self.config = config
+        self.partial_rollout = partial_rollout
 
     def options(self, **options: Any) -> "_DASActorOptions":
-        return _DASActorOptions(self.config, options)
+        return _DASActorOptions(self.config, options, self.partial_rollout)
 
 
 class _DASActorOptions:
-    def __init__(self, config: DASConfig, options: dict[str, Any]) -> None:
+    def __init__(self, config: DASConfig, options: dict[str, Any], partial_rollout: bool) -> None:
         self.config = config
         self.options = options
+        self.partial_rollout = partial_rollout
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         if "speculative_config" in kwargs:
@@ -112,6 +158,7 @@ class _DASActorOptions:
         kwargs["speculative_config"] = speculative_config(self.config)
         kwargs["worker_extension_cls"] = WORKER_WRAP
         kwargs["das_config"] = self.config.to_json()
+        kwargs["das_partial"] = self.partial_rollout
         return DASRolloutRayActor.options(**self.options).remote(*args, **kwargs)
 
 
@@ -149,7 +196,7 @@ def create_vllm_engines(*args: Any, **kwargs: Any) -> list[Any]:
         return original(*args, **kwargs)
     config, integ = state
     saved = _ve.RolloutRayActor
-    _ve.RolloutRayActor = _DASActorFactory(config)
+    _ve.RolloutRayActor = _DASActorFactory(config, integ.partial_rollout)
     try:
         engines = original(*args, **kwargs)
     finally:

@@ -211,6 +211,7 @@ def patch(cls: type) -> None:
     _wrap(cls, "generate_samples", _generate_samples)
     _wrap(cls, "_process_response_into_experience", _process_response)
     _wrap(cls, "_dispatch_prompts_to_vllm", _dispatch)
+    _wrap(cls, "_generate_vllm", _generate_vllm)
 
 
 def _wrap(cls: type, name: str, make: Callable[[Callable], Callable]) -> None:
@@ -250,9 +251,34 @@ def _process_response(original: Callable) -> Callable:
                 st.capture(response)
             except Exception:  # noqa: BLE001 - history is best effort; never break a rollout
                 logger.exception("DAS: could not record a rollout")
-        return original(self, response, **generate_kwargs)
+        experience = original(self, response, **generate_kwargs)
+        segments = response.get("das_weight_versions") if isinstance(response, dict) else None
+        if segments is not None:  # partial rollouts: which weight version produced which tokens
+            import torch
+
+            from .partial import version_info
+
+            experience.das_weight_versions = segments
+            for key, value in version_info(segments).items():
+                experience.info[key] = torch.tensor([value])
+        return experience
 
     return process_response_into_experience
+
+
+def _generate_vllm(original: Callable) -> Callable:
+    def generate_vllm(self, dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs):
+        st = state_of(self)
+        current = settings.current()
+        training = dataloader_iter is not None and dataloader_iter is getattr(self, "_dataloader_iter", None)
+        if st is None or current is None or not current[1].partial_rollout or not training:
+            return original(self, dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
+        from .partial import generate_vllm as partial_generate
+
+        return partial_generate(self, dataloader_iter, num_prompts, dynamic_filtering,
+                                current[1].partial_max_staleness, **generate_kwargs)
+
+    return generate_vllm
 
 
 def _dispatch(original: Callable) -> Callable:

@@ -38,6 +38,13 @@ class IntegrationSettings:
     * ``snapshot_every``: checkpoint the history every K steps.
     * ``history_cpus``: Ray CPUs reserved by the history actor.
     * ``history_actor_name``: Ray name of the history actor (trainer processes look it up).
+    * ``partial_rollout``: asynchronous partial rollouts (:mod:`.partial`): a step ends when
+      ``--rollout.batch_size`` prompt groups are done out of ``--rollout.vllm_generate_batch_size``
+      in flight; unfinished groups continue into the next step, cut and resumed at every weight
+      sync with per-token weight versions. Needs OpenRLHF's ``--train.async_enable
+      --train.partial_rollout_enable``.
+    * ``partial_max_staleness``: a group may be carried over at most this many steps (so its
+      oldest tokens are at most this many weight versions behind); then the step waits for it.
     """
 
     run_dir: str = "./ckpt/checkpoints_ppo_ray/das"
@@ -45,6 +52,8 @@ class IntegrationSettings:
     snapshot_every: int = 5
     history_cpus: float = 1.0
     history_actor_name: str = HISTORY_ACTOR_NAME
+    partial_rollout: bool = False
+    partial_max_staleness: int = 2
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -67,6 +76,11 @@ class IntegrationSettings:
             problems.append(f"history_cpus: must be a number >= 0 (got {out.history_cpus!r})")
         if not isinstance(out.history_actor_name, str) or not out.history_actor_name:
             problems.append(f"history_actor_name: must be a non-empty string (got {out.history_actor_name!r})")
+        if not isinstance(out.partial_rollout, bool):
+            problems.append(f"partial_rollout: must be true or false (got {out.partial_rollout!r})")
+        if (isinstance(out.partial_max_staleness, bool) or not isinstance(out.partial_max_staleness, int)
+                or out.partial_max_staleness < 1):
+            problems.append(f"partial_max_staleness: must be an int >= 1 (got {out.partial_max_staleness!r})")
         if problems:
             raise DASConfigError("invalid DAS integration setting: " + "; ".join(problems))
         return out
