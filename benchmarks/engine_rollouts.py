@@ -128,7 +128,7 @@ def run_child(args) -> None:
     das = mode in ("das", "das_flat")
     cfg = _das_config(args, flat=mode == "das_flat") if das else None
     results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
-                         window=cfg.window if cfg else 5, keep_outputs=bool(args.trace))
+                         window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True)
     out = {"mode": mode, "engine_start_seconds": start_s, "epochs": [r.summary() for r in results]}
     if args.trace:
         _write_trace(args.trace, problems, args.samples, results)
@@ -224,7 +224,7 @@ def plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     for mode, res in results.items():
         if "epochs" not in res:
             continue
@@ -238,8 +238,13 @@ def plot(results: dict, path: str) -> None:
         labels = [b for b, (a, s) in agg.items() if s]
         if labels:
             axes[1].plot(labels, [agg[b][0] / agg[b][1] + 1 for b in labels], marker="o", label=mode)
+        last = res["epochs"][-1]
+        done = sorted(last.get("finish_seconds") or [])
+        if done:  # running requests vs time in the last epoch: the long tail
+            axes[2].step([0.0, *done], [last["requests"] - i for i in range(len(done) + 1)], where="post", label=mode)
     axes[0].set(title="rollout time per epoch", xlabel="epoch", ylabel="seconds")
     axes[1].set(title="tokens per verify step by response length (epochs >= 1)", xlabel="bucket", ylabel="accepted + 1")
+    axes[2].set(title="running requests vs time (last epoch)", xlabel="seconds", ylabel="requests", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:

@@ -92,3 +92,21 @@ def test_stock_suffix_really_drafts(stock) -> None:
     assert drafted > 0 and accepted > 0
     # the stock proposer's own state is in use (its per-request trees / global cache)
     assert stock["drafter"].suffix_cache.cached_requests
+
+
+def test_run_epochs_records_the_long_tail_timeline(prompts):
+    """``run_epochs(timeline=True)``: one finish time per request, in order, within the epoch;
+    requests of different lengths finish at different times (EOS at T = 1 ends some early)."""
+    from openrlhf_das.engines.vllm.epochs import Problem, run_epochs
+
+    problems = [Problem(f"p{i}", p) for i, p in enumerate(prompts[:8])]
+    params = SamplingParams(temperature=1.0, max_tokens=160, seed=3)
+    with running_llm(tiny_model(VOCAB)) as llm:
+        results = run_epochs(llm, problems, 2, params, 2, das=False, timeline=True)
+    for res in results:
+        done = res.finish_seconds
+        assert len(done) == res.requests == 16
+        assert done == sorted(done) and 0 < done[0] and done[-1] <= res.seconds
+        assert res.summary()["finish_seconds"] == [round(t, 4) for t in done]
+    lengths = [n for r in results for n in r.response_lengths]
+    assert min(lengths) < max(lengths)  # a real tail: not every request ran to max_tokens

@@ -34,6 +34,9 @@ class EpochResult:
     requests: int
     response_lengths: list[int]
     das_stats: dict[str, Any] | None = None
+    finish_seconds: list[float] = field(default_factory=list, repr=False)
+    """Seconds from the epoch's start at which each request finished, in finishing order (the
+    long-tail timeline: requests still running at t = requests - #finish_seconds <= t)."""
     outputs: list[list[int]] = field(default_factory=list, repr=False)
     logprobs: list[list[float]] = field(default_factory=list, repr=False)
 
@@ -51,6 +54,7 @@ class EpochResult:
             "max_response_length": max(self.response_lengths, default=0),
             "mean_response_length": float(np.mean(self.response_lengths)) if self.response_lengths else 0.0,
             "das": self.das_stats,
+            "finish_seconds": [round(t, 4) for t in self.finish_seconds],
         }
 
 
@@ -65,8 +69,11 @@ def run_epochs(
     window: int = 5,
     keep_outputs: bool = False,
     use_tqdm: bool = False,
+    timeline: bool = False,
 ) -> list[EpochResult]:
-    """Run ``epochs`` synchronous rollout steps; feed DAS history between them when ``das``."""
+    """Run ``epochs`` synchronous rollout steps; feed DAS history between them when ``das``.
+    ``timeline``: record each request's finish time (``EpochResult.finish_seconds``) through
+    vLLM's progress-bar hook (``use_tqdm`` callable; replaces the bar)."""
     if not problems:
         raise ValueError("no problems to roll out")
     if samples_per_problem < 1 or epochs < 1:
@@ -77,11 +84,13 @@ def run_epochs(
     history: list[Rollout] = []
     results: list[EpochResult] = []
     for epoch in range(epochs):
+        finished: list[float] = []
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=use_tqdm)
+        outs = llm.generate(prompts, params, use_tqdm=_finish_recorder(t0, finished) if timeline else use_tqdm)
         seconds = time.perf_counter() - t0
         tokens = [list(o.outputs[0].token_ids) for o in outs]
-        res = EpochResult(epoch, seconds, sum(map(len, tokens)), len(tokens), [len(t) for t in tokens])
+        res = EpochResult(epoch, seconds, sum(map(len, tokens)), len(tokens), [len(t) for t in tokens],
+                          finish_seconds=finished)
         if keep_outputs:
             res.outputs = tokens
             res.logprobs = [_chosen_logprobs(o.outputs[0]) for o in outs]
@@ -93,6 +102,26 @@ def run_epochs(
             llm.collective_rpc("das_load_snapshot", args=(snap.to_npz_bytes(),))
         results.append(res)
     return results
+
+
+def _finish_recorder(t0: float, finished: list[float]) -> Any:
+    """A ``tqdm`` factory for ``LLM.generate(use_tqdm=...)`` that appends ``perf_counter() - t0``
+    to ``finished`` for every request vLLM reports done (and prints nothing)."""
+    import os
+
+    from tqdm import tqdm
+
+    class _Recorder(tqdm):
+        def update(self, n: float = 1) -> bool | None:
+            now = time.perf_counter() - t0
+            finished.extend([now] * int(n))
+            return super().update(n)
+
+    def make(*args: Any, **kwargs: Any) -> tqdm:
+        kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed with the bar's process
+        return _Recorder(*args, **kwargs)
+
+    return make
 
 
 def _chosen_logprobs(completion: Any) -> list[float]:
