@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--cudagraph-mode", default="FULL_DECODE_ONLY",
                    help="GPU only: FULL_DECODE_ONLY, FULL, NONE (eager). FULL with mode 0 gave garbage on vLLM 0.26 (docs/gpu.md)")
+    p.add_argument("--compile-mode", type=int, default=0,
+                   help="GPU only: vLLM compilation mode (0 = no torch.compile; 3 = inductor, needed for PIECEWISE graphs)")
     p.add_argument("--max-cudagraph-capture-size", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=4096)
@@ -86,7 +88,7 @@ def _engine_kwargs(args, mode: str) -> dict:
     if args.device == "cpu":
         kw["enforce_eager"] = True
     else:
-        cc: dict = {"mode": 0, "cudagraph_mode": args.cudagraph_mode}
+        cc: dict = {"mode": getattr(args, "compile_mode", 0), "cudagraph_mode": args.cudagraph_mode}
         if args.max_cudagraph_capture_size:
             cc["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
         kw.update(gpu_memory_utilization=args.gpu_memory_utilization, compilation_config=cc,

@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--das", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--cudagraph-mode", default="FULL_DECODE_ONLY")
+    p.add_argument("--compile-mode", type=int, default=0)
     p.add_argument("--max-cudagraph-capture-size", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=1024)
     p.add_argument("--max-model-len", type=int, default=4096)
