@@ -7,8 +7,12 @@
 #   install.sh deps      join + verify "sw", pip install the wheels into /tmp/site, build
 #                        arctic-inference from its sdist, install this project's wheel
 #   install.sh models    join + verify "models", materialize each GGUF into /tmp/models/NAME
+#   install.sh train     join + verify "train" (OpenRLHF 0.11.2, Ray 2.55.0, DeepSpeed 0.19.6 and
+#                        what they need), install it into /tmp/site next to vLLM, import check
+#                        (needs deps done: run after it)
 #   install.sh smoke     vLLM smoke test (smoke.py; SMOKE_CONFIGS, SMOKE_ARGS)
-#   install.sh all       (last transfer) wait for / run deps, then models, then smoke
+#   install.sh all       (last transfer) wait for / run deps, then train (when its parts are in
+#                        /tmp/dw; in parallel with models), models, then smoke
 #   install.sh ready     the same without the smoke test
 #
 # Prints how long each part took. Env: DW=/tmp/dw, OUT (the device tool's output folder).
@@ -123,6 +127,52 @@ stage_models() {
     took "stage models" "$t0"
 }
 
+stage_train() {  # after deps: installs into the same $SITE
+    local t0 t; t0=$(ts)
+    join_stream train
+    local T="$PAY/train"
+    rm -rf "$SITE.train"
+    t=$(ts)
+    # shellcheck disable=SC2046
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --root-user-action=ignore \
+        --target "$SITE.train" $(ls "$T"/wheels/*.whl "$T"/built/*.whl) > "$DW/pip-train.log" 2>&1 \
+        || { cat "$DW/pip-train.log"; die "pip install (train) failed"; }
+    # same top-level names in both would be a version clash: say so (bin/ is merged file by file)
+    local clash; clash=$(comm -12 <(ls "$SITE" | sort) <(ls "$SITE.train" | grep -vx bin | sort) | tr '\n' ' ')
+    [ -n "$clash" ] && echo "[install] WARNING: train overwrites in $SITE: $clash"
+    cp -al --remove-destination "$SITE.train/." "$SITE/" && rm -rf "$SITE.train" || die "merging train into $SITE failed"
+    took "pip install train + merge" "$t"; t=$(ts)
+    "$PY" -m compileall -q -j 0 "$SITE"/{ray,deepspeed,openrlhf,datasets,torchdata,math_verify,latex2sympy2_extended} > /dev/null 2>&1 || true
+    took "compileall (train)" "$t"; t=$(ts)
+    # The import check runs as training does: flash-attn shim (openrlhf.models imports two of
+    # flash_attn's helpers) + gpu_compat, as openrlhf_das.cli.train sets them up.
+    OPENRLHF_DAS_TORCH_ADAM="${OPENRLHF_DAS_TORCH_ADAM:-1}" "$PY" - <<'PYEOF' || die "train import check failed"
+import importlib.metadata as md, os, time
+t = time.time()
+from openrlhf_das.integrations.openrlhf.flash_attn_shim import ensure_flash_attn
+from openrlhf_das.integrations.openrlhf import gpu_compat
+print("[install] flash-attn shim in use:", ensure_flash_attn(), "| gpu_compat:", gpu_compat.apply())
+import distutils.ccompiler  # DeepSpeed's op builder imports it (Python 3.12: setuptools' shim)
+import ray, deepspeed, datasets, torchdata, math_verify
+import openrlhf
+from openrlhf.cli import train_ppo_ray  # module level: ray, launcher, actors, vllm_engine
+import openrlhf.trainer.ppo_trainer, openrlhf.trainer.ray.vllm_engine, openrlhf.trainer.ray.vllm_worker_wrap
+import openrlhf.utils.deepspeed.deepspeed as ds_mod
+cfg = ds_mod.get_train_ds_config(False, adam_offload=False, optim_config={"type": "AdamW", "params": {"lr": 1e-6}})
+assert cfg["optimizer"]["params"].get("torch_adam") is True, cfg["optimizer"]
+import openrlhf_das.integrations.openrlhf.engines, openrlhf_das.integrations.openrlhf.samples  # the DAS arm
+from openrlhf_das.integrations.openrlhf.reward_funcs.math_reward_func import reward_func
+from openrlhf_das.data.math_reward import math_reward
+assert math_reward("so \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+import deepspeed.ops.op_builder.builder as b
+print("[install] ray", ray.__version__, "| deepspeed", deepspeed.__version__, "| openrlhf", md.version("openrlhf"),
+      "| datasets", datasets.__version__, "| pyarrow", md.version("pyarrow"), "| fsspec", md.version("fsspec"),
+      "| nvcc", gpu_compat.find_nvcc(), "| imports %.1f s" % (time.time() - t))
+PYEOF
+    took "import checks (train)" "$t"
+    took "stage train" "$t0"
+}
+
 stage_smoke() {
     local t; t=$(ts)
     local model="${SMOKE_MODEL:-$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct}"
@@ -133,6 +183,8 @@ stage_smoke() {
         --json "$out/smoke.json" ${SMOKE_ARGS:-} || echo "[install] smoke test FAILED (rc=$?)"
     took "smoke" "$t"
 }
+
+has_train() { ls "$DW"/train.tar.*.info > /dev/null 2>&1; }
 
 wait_deps() {  # deps may be running in the background since the "sw" transfer
     local t; t=$(ts)
@@ -149,7 +201,8 @@ wait_deps() {  # deps may be running in the background since the "sw" transfer
     stage_deps
 }
 
-case "${1:-all}" in
+mode="${1:-all}"
+case "$mode" in
     bg-deps)
         # run from a copy: the next transfer re-syncs the repo's files under us
         mkdir -p "$DW/bin"
@@ -162,19 +215,24 @@ case "${1:-all}" in
         ;;
     deps) stage_deps ;;
     models) stage_models ;;
+    train) stage_train ;;
     smoke) stage_smoke ;;
-    all)
+    all|ready)
         join_stream models   # needs nothing from deps
         wait_deps
+        if has_train; then  # in parallel with the models (CPU-bound materialize)
+            rm -f "$DW/train.rc"
+            ( ( stage_train ) > "$DW/train.log" 2>&1; echo $? > "$DW/train.rc" ) &
+            pid_train=$!
+        fi
         stage_models
-        stage_smoke
-        took "install.sh all" "$T_ALL"
+        if has_train; then
+            wait "$pid_train"
+            cat "$DW/train.log"
+            [ "$(cat "$DW/train.rc")" = 0 ] || die "stage train failed (log above)"
+        fi
+        [ "$mode" = all ] && stage_smoke
+        took "install.sh $mode" "$T_ALL"
         ;;
-    ready)  # like all, without the smoke test (when a benchmark follows in the next call)
-        join_stream models
-        wait_deps
-        stage_models
-        took "install.sh ready" "$T_ALL"
-        ;;
-    *) die "usage: install.sh {bg-deps|deps|models|smoke|all|ready}" ;;
+    *) die "usage: install.sh {bg-deps|deps|models|train|smoke|all|ready}" ;;
 esac

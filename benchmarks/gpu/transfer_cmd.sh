@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Print the device-tool `run` call of transfer N (1-based), or of all transfers.
-#   benchmarks/gpu/transfer_cmd.sh N      | all      | count
-# Needs benchmarks/gpu/chunks/PLAN.txt (written by prepare.sh). Fire the calls back to
-# back: the GPU machine is given back after 30 s without a call.
+#   benchmarks/gpu/transfer_cmd.sh N      | all      | count    | grpo (the two GRPO calls after them)
+# Needs benchmarks/gpu/chunks/PLAN.txt (written by prepare.sh; rows in transfer order). Fire the
+# calls back to back: the GPU machine is given back after 30 s without a call. With the `train`
+# stream (default), its chunks (c17, c18) go right before the last `models` chunk (c16), whose
+# call runs `install.sh all`: deps, train, models, smoke.
 # Extra env for the last call: SMOKE_CONFIGS (default fdo,fdo+suffix), BENCH_PROMPTS (64),
 # BENCH_TOKENS (256), SMOKE_ARGS.
 set -euo pipefail
@@ -19,7 +21,7 @@ cmd_for() {
     local to=60
     if [ "$n" -eq 1 ]; then
         # preflight: what the fresh machine has (cheap)
-        c="$c && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader && ldd --version | head -1 && nproc && /opt/torch/.venv/bin/python3 -m pip list 2>/dev/null | grep -iE '^(torch|transformers|numpy|numba|protobuf|grpcio|nanobind|setuptools|triton) '"
+        c="$c && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader && ldd --version | head -1 && nproc && /opt/torch/.venv/bin/python3 -m pip list 2>/dev/null | grep -iE '^(torch|transformers|numpy|numba|protobuf|grpcio|nanobind|setuptools|triton|pyarrow|fsspec|pandas|huggingface-hub|peft|accelerate|tensorboard|matplotlib|aiohttp|packaging) ' && { command -v nvcc || echo 'nvcc: none on PATH'; } && ls -d /usr/local/cuda* 2>/dev/null | head -3"
     fi
     if [ "$st" = sw ] && [ "$k" = "$tot" ]; then
         c="$c && bash benchmarks/gpu/install.sh bg-deps"
@@ -38,9 +40,19 @@ cmd_for() {
         "$n" "$total" "$st" "$k" "$tot" "$bytes" "$path" "$to" "$c"
 }
 
+grpo_cmds() {  # the calls after the bring-up (train stream installed): one per arm, same warm machine
+    local arm
+    for arm in nodas das; do
+        printf '# GRPO %s (benchmarks/gpu/grpo_compare.sh; ~7-8.5 min)\ncarry: []\ntimeout_s: 600\ncommand: set -o pipefail && bash benchmarks/gpu/grpo_compare.sh %s 2>&1 | tail -n 150\n\n' "$arm" "$arm"
+    done
+    echo "# cut by the call limit? repeat that arm's call with: RESUME=1 bash benchmarks/gpu/grpo_compare.sh ARM"
+    echo "# the das call also writes \$OUT/grpo/compare.{png,json}; locally: benchmarks/gpu/grpo_plot.py plot --nodas .../nodas/steps.json --das .../das/steps.json --out PREFIX"
+}
+
 case "${1:-}" in
     count) echo "$total" ;;
+    grpo) grpo_cmds ;;
     all) for i in $(seq 1 "$total"); do cmd_for "$i"; echo; done ;;
-    ''|*[!0-9]*) echo "usage: $0 N|all|count" >&2; exit 2 ;;
+    ''|*[!0-9]*) echo "usage: $0 N|all|count|grpo" >&2; exit 2 ;;
     *) [ "$1" -ge 1 ] && [ "$1" -le "$total" ] || { echo "N must be 1..$total" >&2; exit 2; }; cmd_for "$1" ;;
 esac

@@ -1,5 +1,6 @@
 """Check a joined payload stream: every file against its MANIFEST.sha256, and every
-file that wheels.lock pins (wheels, sdist, GGUF) against the lock.
+file that wheels.lock pins (wheels, sdist, GGUF, train wheels) against the lock. Wheels built
+on the CPU machine (train/built/, the project wheel) are covered by the MANIFEST only.
 
 Usage: python verify.py STREAM_DIR wheels.lock    (stdlib only; hashes in threads)
 """
@@ -31,7 +32,7 @@ def main():
             line = line.strip()
             if line and not line.startswith("#"):
                 kind, name, ver, f, h, size = line.split()
-                if kind in ("wheel", "sdist", "gguf"):
+                if kind in ("wheel", "sdist", "gguf", "trainwheel"):
                     pinned[f] = h
     present = {}
     for d, _, fs in os.walk(root):

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# GPU machine: one real OpenRLHF GRPO run through `python -m openrlhf_das.cli.train`, DAS on
+# (`das`) or stock OpenRLHF (`nodas`), for the DAS-vs-stock comparison (docs/gpu.md, "Training
+# stack"). One GPU: actor (DeepSpeed ZeRO-2, bf16, SDPA) and one vLLM engine colocated
+# (--train.colocate_all, CUDA-IPC weight sync, no sleep mode), GRPO (group_norm, KL off).
+#
+#   bash benchmarks/gpu/grpo_compare.sh das|nodas        (after install.sh all with the train stream)
+#
+# Both arms: same prompts (benchmarks/gpu/prompts/math_train_grpo.jsonl, MATH-500 rows of the
+# `math` data recipe), same seed, same engine settings (CUDA graphs FULL_DECODE_ONLY without
+# torch.compile, sync scheduling: gpu_compat's OPENRLHF_DAS_VLLM_ENGINE_ARGS) and the same
+# DeepSpeed optimizer (torch AdamW: OPENRLHF_DAS_TORCH_ADAM=1, no nvcc JIT build). The DAS arm adds
+# --das --das.config configs/das/math.yaml --das.pad_drafts true (drafts padded to k so every
+# decode step replays a captured graph).
+#
+# Default size: 96 prompts x 5 episodes / 16 prompts per step = 30 steps, 8 samples per prompt,
+# <= 1024 new tokens, T = 1.0. Estimated 7-8.5 min on one H100 (start ~2 min; ~10 s a step).
+# Knobs (env): PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
+# MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
+# then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
+# checkpoint) DRY_RUN (print the command only) MODEL DATA GRPO_WORK (/tmp/grpo).
+#
+# Output (the device tool returns $OUT): $OUT/grpo/<arm>/{train.log, steps.json, steps.csv,
+# tb/ (TensorBoard), das/ (DAS run dir: meta.json, steps.jsonl), timing.txt}; the second arm's
+# call also writes $OUT/grpo/compare.{png,json} (grpo_plot.py plot over both arms). State that a resumed
+# run needs (checkpoints, the DAS history) stays in $GRPO_WORK/<arm>/ on the machine.
+#
+# Cut by the 10-minute call limit? The last checkpoint (every SAVE_STEPS steps) survives in
+# /tmp/grpo/<arm>/ckpt while the machine stays warm: call `RESUME=1 bash benchmarks/gpu/grpo_compare.sh
+# <arm>` again; OpenRLHF reloads model, optimizer, step and data-loader position
+# (--ckpt.load_enable) and DAS its history (run dir under the checkpoint path). steps.json merges
+# both calls' logs (train.log is appended; a repeated step keeps its last record).
+set -uo pipefail
+ARM=${1:-}
+case "$ARM" in das|nodas) ;; *) echo "usage: $0 das|nodas" >&2; exit 2 ;; esac
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=env.sh
+source "$REPO/benchmarks/gpu/env.sh"
+PY="$GPU_PY"; [ -x "$PY" ] || PY=$(command -v python3)
+T0=$(date +%s.%N)
+took() { awk -v n="$1" -v a="$2" -v b="$(date +%s.%N)" 'BEGIN { printf "[time] %-28s %6.1f s\n", n, b - a }'; }
+
+MODEL=${MODEL:-$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct}
+DATA=${DATA:-$REPO/benchmarks/gpu/prompts/math_train_grpo.jsonl}
+PROMPTS=${PROMPTS:-96}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-16}; N_SAMPLES=${N_SAMPLES:-8}
+MAX_NEW=${MAX_NEW:-1024}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e-6}
+GPU_UTIL=${GPU_UTIL:-0.5}; MICRO_TRAIN=${MICRO_TRAIN:-8}; MICRO_ROLLOUT=${MICRO_ROLLOUT:-16}
+SAVE_STEPS=${SAVE_STEPS:-10}; TIME_LIMIT=${TIME_LIMIT:-530}; RESUME=${RESUME:-0}
+WORK=${GRPO_WORK:-/tmp/grpo}/$ARM
+RES=${OUT:-$WORK/out}/grpo/$ARM
+SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
+
+# The same shims in both arms, in every process (gpu_compat docstring): the sitecustomize folder
+# on PYTHONPATH applies them from interpreter start; the repo first so every process (driver, Ray
+# workers, vLLM engine processes) imports this checkout's openrlhf_das.
+export OPENRLHF_DAS_TORCH_ADAM=${OPENRLHF_DAS_TORCH_ADAM:-1}
+export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-'{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}, "async_scheduling": false}'}
+export PYTHONPATH="$REPO:$PYTHONPATH:$REPO/openrlhf_das/integrations/openrlhf/gpu_compat_site"
+export RAY_DEDUP_LOGS=0 RAY_USAGE_STATS_ENABLED=0
+
+REWARD=$(cd "$REPO" && "$PY" -m openrlhf_das.integrations.openrlhf.reward_funcs math) || REWARD=$REPO/openrlhf_das/integrations/openrlhf/reward_funcs/math_reward_func.py
+args=(
+  --ref.num_nodes 1 --ref.num_gpus_per_node 1
+  --actor.num_nodes 1 --actor.num_gpus_per_node 1
+  --vllm.num_engines 1 --vllm.tensor_parallel_size 1
+  --train.colocate_all --vllm.gpu_memory_utilization "$GPU_UTIL" --vllm.sync_backend nccl
+  --algo.advantage.estimator group_norm --algo.kl.init_coef 0
+  --actor.model_name_or_path "$MODEL"
+  --reward.remote_url "$REWARD"
+  --ckpt.output_dir "$WORK/final" --ckpt.path "$WORK/ckpt" --ckpt.save_steps "$SAVE_STEPS" --ckpt.max_num 1
+  --train.batch_size $((ROLLOUT_BS * N_SAMPLES)) --rollout.batch_size "$ROLLOUT_BS"
+  --rollout.n_samples_per_prompt "$N_SAMPLES"
+  --train.micro_batch_size "$MICRO_TRAIN" --rollout.micro_batch_size "$MICRO_ROLLOUT"
+  --train.num_episodes "$EPISODES" --train.max_epochs 1 --data.max_samples "$PROMPTS"
+  --data.max_len "$MAX_LEN" --rollout.max_new_tokens "$MAX_NEW"
+  --rollout.temperature 1.0 --rollout.top_p 1.0 --train.seed "$SEED"
+  --ds.zero_stage 2 --ds.param_dtype bf16 --ds.attn_implementation sdpa --actor.adam.lr "$LR"
+  --data.prompt_dataset "$DATA" --data.input_key prompt --data.label_key label --data.apply_chat_template
+  --logger.tensorboard_dir "$WORK/tb" --logger.wandb.run_name "$ARM"
+)
+[ "$RESUME" = 1 ] && args+=(--ckpt.load_enable)
+[ "$ARM" = das ] && args+=(--das --das.config "$REPO/configs/das/math.yaml" --das.pad_drafts true
+                           --das.run_dir "$WORK/ckpt/das")
+cmd=("$PY" -m openrlhf_das.cli.train "${args[@]}")
+echo "[grpo] $ARM: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW"
+echo "[grpo] ${cmd[*]}"
+[ -n "${DRY_RUN:-}" ] && exit 0
+
+[ -d "$MODEL" ] || { echo "[grpo] no model at $MODEL (run install.sh all first)" >&2; exit 1; }
+"$PY" -c "import openrlhf, deepspeed, ray" 2>/dev/null || { echo "[grpo] the train stream is not installed (install.sh train)" >&2; exit 1; }
+if [ "$RESUME" != 1 ]; then rm -rf "$WORK"; fi
+mkdir -p "$WORK" "$RES"
+# a Ray cluster left by an earlier arm (a driver cut by the call limit) would be joined by
+# OpenRLHF's ray.init(); this machine runs no other Ray
+ray stop --force > /dev/null 2>&1 || true
+
+t=$(date +%s.%N)
+cd "$REPO" || exit 1
+# SIGINT first (Ray and the driver shut down), SIGKILL 30 s later
+timeout -s INT -k 30 "$TIME_LIMIT" "${cmd[@]}" 2>&1 | tee -a "$WORK/train.log"
+rc=${PIPESTATUS[0]}
+took "train ($ARM, rc=$rc)" "$t" | tee -a "$WORK/timing.txt"
+[ "$rc" = 124 ] && echo "[grpo] cut at TIME_LIMIT=$TIME_LIMIT s: rerun with RESUME=1 to continue from the last checkpoint"
+ray stop --force > /dev/null 2>&1 || true
+
+t=$(date +%s.%N)
+"$PY" "$REPO/benchmarks/gpu/grpo_plot.py" extract --arm "$ARM" --log "$WORK/train.log" --tb "$WORK/tb" \
+    --das-run-dir "$WORK/ckpt/das" --steps-per-episode "$SPE" --out "$RES/steps.json"
+cp "$WORK/train.log" "$WORK/timing.txt" "$RES/" 2>/dev/null
+[ -d "$WORK/tb" ] && cp -r "$WORK/tb" "$RES/"
+if [ -d "$WORK/ckpt/das" ]; then
+    mkdir -p "$RES/das" && cp "$WORK/ckpt/das"/*.json* "$RES/das/" 2>/dev/null
+fi
+cp "$RES/steps.json" "$WORK/steps.json" 2>/dev/null
+OTHER=$([ "$ARM" = das ] && echo nodas || echo das)
+if [ -s "$WORK/steps.json" ] && [ -s "${GRPO_WORK:-/tmp/grpo}/$OTHER/steps.json" ]; then  # both arms done here
+    "$PY" "$REPO/benchmarks/gpu/grpo_plot.py" plot --nodas "${GRPO_WORK:-/tmp/grpo}/nodas/steps.json" \
+        --das "${GRPO_WORK:-/tmp/grpo}/das/steps.json" --out "$RES/../compare" | tail -n 40
+fi
+took "extract + copy" "$t"
+took "grpo_compare.sh $ARM" "$T0" | tee -a "$RES/timing.txt"
+exit "$rc"
