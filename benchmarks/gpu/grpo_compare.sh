@@ -10,8 +10,9 @@
 # `math` data recipe), same seed, same engine settings (CUDA graphs FULL_DECODE_ONLY without
 # torch.compile, sync scheduling: gpu_compat's OPENRLHF_DAS_VLLM_ENGINE_ARGS) and the same
 # DeepSpeed optimizer (torch AdamW: OPENRLHF_DAS_TORCH_ADAM=1, no nvcc JIT build). The DAS arm adds
-# --das --das.config configs/das/math.yaml --das.pad_drafts true (drafts padded to k so every
-# decode step replays a captured graph).
+# --das --das.config configs/das/math.yaml --das.pad_drafts true --das.gate.mode off
+# --das.length_policy false --das.flat_budget.tokens 4 (drafts padded to k so every decode step
+# replays a captured graph; since every step then pays for k draft tokens, every request drafts k).
 #
 # Default size: 96 prompts x 5 episodes / 16 prompts per step = 30 steps, 8 samples per prompt,
 # <= 1024 new tokens, T = 1.0. Estimated 7-8.5 min on one H100 (start ~2 min; ~10 s a step).
@@ -79,7 +80,11 @@ args=(
   --logger.tensorboard_dir "$WORK/tb" --logger.wandb.run_name "$ARM"
 )
 [ "$RESUME" = 1 ] && args+=(--ckpt.load_enable)
+# DAS arm: with FULL_DECODE_ONLY graphs every decode step verifies k padded draft tokens anyway
+# (pad_drafts), so a gated or budget-0 step pays the verify cost for filler only: draft k for
+# every request (no batch gate, flat budget k) — the best graph-mode setting in docs/gpu.md.
 [ "$ARM" = das ] && args+=(--das --das.config "$REPO/configs/das/math.yaml" --das.pad_drafts true
+                           --das.gate.mode off --das.length_policy false --das.flat_budget.tokens 4
                            --das.run_dir "$WORK/ckpt/das")
 cmd=("$PY" -m openrlhf_das.cli.train "${args[@]}")
 echo "[grpo] $ARM: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW"
