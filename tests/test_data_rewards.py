@@ -56,6 +56,36 @@ def test_math_reward_on_mmath_answers() -> None:
     assert math_reward("\\boxed{\\frac{1}{3}}", half) == 0.0
 
 
+def test_math_reward_off_the_main_thread_is_bounded() -> None:
+    """OpenRLHF calls reward functions from worker threads, where math-verify's SIGALRM timeout
+    cannot work: there the comparison runs in a worker process (same results), and a call that
+    overruns is abandoned and its worker killed (a real sleeping call, not a mock)."""
+    import importlib
+    import threading
+    import time
+
+    mr = importlib.import_module("openrlhf_das.data.math_reward")  # the package re-exports the function
+
+    out: dict = {}
+
+    def worker() -> None:
+        out["half"] = math_reward("\\boxed{0.5}", "\\frac{1}{2}")  # not an exact match: needs math-verify
+        out["third"] = math_reward("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}")
+        t0 = time.perf_counter()
+        try:
+            mr.call_with_timeout(time.sleep, (60,), 2.0)
+        except TimeoutError:
+            out["timeout_after"] = time.perf_counter() - t0
+        out["after_kill"] = math_reward("\\boxed{\\dfrac{2}{4}}", "\\frac{1}{2}")  # a fresh pool works
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert out["half"] == 1.0 and out["third"] == 0.0 and out["after_kill"] == 1.0
+    assert 2.0 <= out["timeout_after"] < 10.0
+
+
 @pytest.mark.parametrize(
     ("response", "answer", "reward"),
     [

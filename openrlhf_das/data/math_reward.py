@@ -1,14 +1,25 @@
 """Reward for math answers: the last ``\\boxed{...}`` of a response against a gold answer.
 
 Equivalence is decided by Hugging Face's ``math-verify`` (LaTeX/number/set/interval parsing with
-sympy), after a cheap exact-string check.
+sympy), after a cheap exact-string check. math-verify bounds its time with ``SIGALRM``, which only
+works in a process's main thread; OpenRLHF calls reward functions from other threads (its Ray
+actors' event loops), where an unbounded sympy parse of a pathological answer would stall every
+rollout of the engine. So off the main thread the comparison runs in a small worker-process pool
+(:func:`call_with_timeout`), in the worker's main thread where the alarm works, and a worker that
+still overruns is killed.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
+import multiprocessing
 import threading
+from typing import Any, Callable
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+logger = logging.getLogger(__name__)
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
@@ -57,9 +68,9 @@ def math_reward(response_text: str, answer: str, *, timeout_s: int = 5) -> float
     Args:
         response_text: the model's full response.
         answer: gold answer, LaTeX or plain text (surrounding ``$`` are ignored).
-        timeout_s: seconds allowed for each parse/compare step. math-verify enforces it with
-            ``SIGALRM``, which only works in the main thread; called from any other thread the
-            steps run without a time limit.
+        timeout_s: seconds allowed for each parse/compare step (math-verify's alarm). Off the main
+            thread the comparison runs in a worker process and is abandoned (worker killed, 0.0)
+            after ``3 * timeout_s + 5`` seconds.
 
     Unparsable or missing answers score 0.0; this function does not raise on model output.
     """
@@ -69,10 +80,48 @@ def math_reward(response_text: str, answer: str, *, timeout_s: int = 5) -> float
     predicted, gold = strip_math_delimiters(predicted), strip_math_delimiters(answer)
     if "".join(predicted.split()) == "".join(gold.split()):
         return 1.0
-    timeout = timeout_s if threading.current_thread() is threading.main_thread() else None
+    if threading.current_thread() is threading.main_thread():
+        return _compare(gold, predicted, timeout_s)
     try:
-        gold_parsed = parse(f"${gold}$", extraction_config=_EXTRACTION, parsing_timeout=timeout)
-        predicted_parsed = parse(f"${predicted}$", extraction_config=_EXTRACTION, parsing_timeout=timeout)
-        return 1.0 if verify(gold_parsed, predicted_parsed, timeout_seconds=timeout) else 0.0
+        return call_with_timeout(_compare, (gold, predicted, timeout_s), 3 * timeout_s + 5)
+    except (TimeoutError, concurrent.futures.process.BrokenProcessPool) as exc:
+        logger.warning("math_reward: comparing %r with %r gave up (%s): reward 0", predicted[:80], gold[:80], exc)
+        return 0.0
+
+
+def _compare(gold: str, predicted: str, timeout_s: int) -> float:
+    """math-verify equivalence (call in a main thread: its timeouts use ``SIGALRM``)."""
+    try:
+        gold_parsed = parse(f"${gold}$", extraction_config=_EXTRACTION, parsing_timeout=timeout_s)
+        predicted_parsed = parse(f"${predicted}$", extraction_config=_EXTRACTION, parsing_timeout=timeout_s)
+        return 1.0 if verify(gold_parsed, predicted_parsed, timeout_seconds=timeout_s) else 0.0
     except Exception:  # noqa: BLE001 - math-verify raises on pathological input; that is a wrong answer
         return 0.0
+
+
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+POOL_WORKERS = 2
+"""Worker processes (spawned on first use, ~1 s; each imports math-verify once)."""
+
+
+def call_with_timeout(fn: Callable[..., Any], args: tuple, timeout_s: float) -> Any:
+    """``fn(*args)`` in a worker process of a shared pool; raises ``TimeoutError`` after
+    ``timeout_s`` seconds, having killed the pool's workers (the next call starts new ones).
+    ``fn`` and ``args`` must be picklable (module-level functions)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ProcessPoolExecutor(POOL_WORKERS, mp_context=multiprocessing.get_context("spawn"))
+        pool = _POOL
+    future = pool.submit(fn, *args)
+    try:
+        return future.result(timeout=timeout_s)
+    except (concurrent.futures.TimeoutError, concurrent.futures.process.BrokenProcessPool):
+        with _POOL_LOCK:
+            if _POOL is pool:
+                _POOL = None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise TimeoutError(f"{getattr(fn, '__name__', fn)} took longer than {timeout_s} s") from None
