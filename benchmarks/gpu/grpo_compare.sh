@@ -14,8 +14,11 @@
 # --das.length_policy false --das.flat_budget.tokens 4 (drafts padded to k so every decode step
 # replays a captured graph; since every step then pays for k draft tokens, every request drafts k).
 #
-# Default size: 96 prompts x 5 episodes / 16 prompts per step = 30 steps, 8 samples per prompt,
-# <= 1024 new tokens, T = 1.0. Estimated 7-8.5 min on one H100 (start ~2 min; ~10 s a step).
+# Default size: 48 prompts x 5 episodes / 8 prompts per step = 30 steps, 8 samples per prompt,
+# <= 1024 new tokens, T = 1.0. Measured on one H100 (docs/gpu.md, session 2): start ~2 min, then
+# 19-20 s a step (generation ~10 s, training ~6 s, broadcast ~2 s), so an arm needs two calls
+# (the second with RESUME=1). Memory: the defaults (engine 0.25 of the GPU, micro-batches 2/4)
+# leave room for the 151,936-entry logits; 0.5 / 8 ran out of memory in the first backward pass.
 # Knobs (env): PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
 # MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
 # then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
@@ -43,9 +46,10 @@ took() { awk -v n="$1" -v a="$2" -v b="$(date +%s.%N)" 'BEGIN { printf "[time] %
 
 MODEL=${MODEL:-$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct}
 DATA=${DATA:-$REPO/benchmarks/gpu/prompts/math_train_grpo.jsonl}
-PROMPTS=${PROMPTS:-96}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-16}; N_SAMPLES=${N_SAMPLES:-8}
+PROMPTS=${PROMPTS:-48}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-8}; N_SAMPLES=${N_SAMPLES:-8}
 MAX_NEW=${MAX_NEW:-1024}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e-6}
-GPU_UTIL=${GPU_UTIL:-0.5}; MICRO_TRAIN=${MICRO_TRAIN:-8}; MICRO_ROLLOUT=${MICRO_ROLLOUT:-16}
+GPU_UTIL=${GPU_UTIL:-0.25}; MICRO_TRAIN=${MICRO_TRAIN:-2}; MICRO_ROLLOUT=${MICRO_ROLLOUT:-4}
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 SAVE_STEPS=${SAVE_STEPS:-10}; TIME_LIMIT=${TIME_LIMIT:-530}; RESUME=${RESUME:-0}
 WORK=${GRPO_WORK:-/tmp/grpo}/$ARM
 RES=${OUT:-$WORK/out}/grpo/$ARM
