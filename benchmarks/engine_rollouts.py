@@ -188,8 +188,9 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def run_mode(argv: list[str], mode: str, trace: str | None) -> dict:
-    cmd = [sys.executable, __file__, *_without(argv, "--trace"), "--child", mode]
+def run_mode(argv: list[str], mode: str, trace: str | None, script: str = __file__) -> dict:
+    """Run ``script --child mode`` (a fresh engine in its own process) and return its result."""
+    cmd = [sys.executable, script, *_without(argv, "--trace"), "--child", mode]
     if trace:
         cmd += ["--trace", trace]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -158,24 +158,13 @@ def main(argv=None) -> int:
               "python": platform.python_version(), "results": {}}
     for mode in args.modes.split(","):
         t0 = time.perf_counter()
-        report["results"][mode] = _run(argv, mode)
+        report["results"][mode] = er.run_mode(argv, mode, None, script=__file__)
         report["results"][mode]["wall_seconds"] = time.perf_counter() - t0
         report["summary"] = summarize(args, report["results"])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(mode, json.dumps(report["summary"].get(mode)), flush=True)
     return 0
-
-
-def _run(argv: list[str], mode: str) -> dict:
-    import subprocess
-
-    proc = subprocess.run([sys.executable, __file__, *argv, "--child", mode], capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("CHILD_RESULT "):
-            return json.loads(line[len("CHILD_RESULT "):])
-    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-    return {"mode": mode, "error": f"exit code {proc.returncode}"}
 
 
 if __name__ == "__main__":

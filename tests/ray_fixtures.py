@@ -7,7 +7,9 @@ the interface the history actor expects of OpenRLHF's rollout actors.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -136,3 +138,54 @@ class VLLMEngine:
         ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
+
+
+@contextmanager
+def openrlhf_das_job(work: Path, config: DASConfig, integ: Any, rows: list[dict[str, Any]],
+                     openrlhf_argv: list[str], *, num_engines: int = 1, num_cpus: int = 2,
+                     max_model_len: int = 256, gpu_memory_utilization: float = 0.9,
+                     extra_env: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
+    """A DAS job as ``openrlhf_das.cli.train`` sets it up, minus DeepSpeed: a tiny model and a
+    prompt JSONL of ``rows`` in ``work``, the DAS variables exported, the patches applied, a
+    fresh local Ray cluster with ``num_engines`` fake GPUs and the DAS setup hook, DAS rollout
+    engines from OpenRLHF's (patched) ``create_vllm_engines``, and OpenRLHF's real parsed
+    ``args`` for ``openrlhf_argv`` plus the model/data/engine flags. Restores the environment."""
+    import json
+
+    import ray
+
+    from openrlhf_das.cli.train import ray_runtime_env
+    from openrlhf_das.integrations.openrlhf import openrlhf_cli, patches, settings
+    from openrlhf_das.models.tiny import build_tiny_model
+
+    if ray.is_initialized():  # the job needs its own cluster: fake GPUs + DAS setup hook
+        ray.shutdown()
+    model = build_tiny_model(work / "tiny", vocab_size=256)
+    data = work / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", **(extra_env or {})}
+    saved = {k: os.environ.get(k) for k in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV, *env)}
+    os.environ.update(env)
+    settings.export(config, integ)
+    patches.apply()
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_engines, include_dashboard=False,
+             log_to_driver=False, runtime_env=ray_runtime_env(config, integ))
+    try:
+        from openrlhf.trainer.ray import create_vllm_engines  # the patched re-export
+
+        assert getattr(create_vllm_engines, "__das_patched__", False)
+        engines = create_vllm_engines(num_engines, 1, str(model), 0, False, False, True, max_model_len, None,
+                                      gpu_memory_utilization, False, None)
+        args = openrlhf_cli.parse_args([
+            "--actor.model_name_or_path", str(model), "--vllm.num_engines", str(num_engines),
+            "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
+            "--ds.attn_implementation", "sdpa", *openrlhf_argv,
+        ])
+        yield SimpleNamespace(ray=ray, engines=engines, model=str(model), args=args, integ=integ, work=work)
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -118,14 +118,14 @@ def test_run_next_sitecustomize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_apply_propagates_the_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     # keep this process as it was: no target patched here, the finder removed afterwards
     monkeypatch.setattr(gc, "TARGETS", {})
-    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not getattr(f, "_openrlhf_das_gpu_compat", False)])
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if f is not gc._HOOK])
     monkeypatch.setenv("PYTHONPATH", "/somewhere")
     st = gc.apply()
     assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/somewhere", gc.SITE_DIR]
     assert st["hook_installed"] and st["propagated"]
     gc.apply()  # idempotent
     assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/somewhere", gc.SITE_DIR]
-    assert sum(getattr(f, "_openrlhf_das_gpu_compat", False) for f in sys.meta_path) == 1
+    assert sum(f is gc._HOOK for f in sys.meta_path) == 1
     assert (Path(gc.SITE_DIR) / "sitecustomize.py").is_file() and (Path(gc.SITE_DIR) / "__init__.py").is_file()
 
 

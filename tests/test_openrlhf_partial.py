@@ -18,17 +18,15 @@ cluster (fake GPU) with a real CPU vLLM DAS engine built by the wrapped ``create
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from types import SimpleNamespace
 
 import pytest
 
-from ray_fixtures import TESTS_DIR
+from ray_fixtures import TESTS_DIR, openrlhf_das_job
 from openrlhf_das.config import DASConfig
-from openrlhf_das.integrations.openrlhf import openrlhf_cli, patches, settings
-from openrlhf_das.models.tiny import build_tiny_model, build_tiny_tokenizer
+from openrlhf_das.integrations.openrlhf import settings
+from openrlhf_das.models.tiny import build_tiny_tokenizer
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
@@ -50,48 +48,17 @@ def _negate_final_norm(worker):
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    work = tmp_path_factory.mktemp("openrlhf_das_partial")
-    model = build_tiny_model(work / "tiny", vocab_size=VOCAB)
-    data = work / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    integ = settings.IntegrationSettings(run_dir=str(work / "run"), history_cpus=0, snapshot_every=1,
+    integ = settings.IntegrationSettings(run_dir=str(tmp_path_factory.mktemp("run")), history_cpus=0, snapshot_every=1,
                                          partial_rollout=True, partial_max_staleness=2)
-    saved = {k: os.environ.get(k) for k in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV, "VLLM_CPU_KVCACHE_SPACE",
-                                            "PYTHONPATH")}
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
     # Ray workers and the vLLM processes unpickle _negate_final_norm by reference: import path
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, saved["PYTHONPATH"]) if p)
-    settings.export(CONFIG, integ)
-    patches.apply()
-    from openrlhf_das.cli.train import ray_runtime_env
-
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             runtime_env=ray_runtime_env(CONFIG, integ))
-    try:
-        from openrlhf.trainer.ray import create_vllm_engines
-
-        engines = create_vllm_engines(1, 1, str(model), 0, False, False, True, 512, None, 0.9, False, None)
-        args = openrlhf_cli.parse_args([
-            "--actor.model_name_or_path", str(model), "--vllm.num_engines", "1",
-            "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
-            "--rollout.batch_size", "2", "--rollout.vllm_generate_batch_size", "4",
-            "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "4", "--train.num_episodes", "2",
-            "--data.max_len", "160", "--ds.attn_implementation", "sdpa",
-            "--train.async_enable", "--train.partial_rollout_enable",
-        ])
-        yield SimpleNamespace(ray=ray, engines=engines, model=str(model), args=args, integ=integ, work=work,
-                              tokenizer=build_tiny_tokenizer(VOCAB))
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    pythonpath = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
+    with openrlhf_das_job(tmp_path_factory.mktemp("openrlhf_das_partial"), CONFIG, integ, ROWS, [
+        "--rollout.batch_size", "2", "--rollout.vllm_generate_batch_size", "4",
+        "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "4", "--train.num_episodes", "2",
+        "--data.max_len", "160", "--train.async_enable", "--train.partial_rollout_enable",
+    ], max_model_len=512, extra_env={"PYTHONPATH": pythonpath}) as job:
+        job.tokenizer = build_tiny_tokenizer(VOCAB)
+        yield job
 
 
 def _params(max_tokens, logprobs=None):

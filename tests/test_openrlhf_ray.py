@@ -18,15 +18,13 @@ One engine serves the whole module (engine start is the expensive part: ~20-40 s
 from __future__ import annotations
 
 import copy
-import json
 import os
-from types import SimpleNamespace
 
 import pytest
 
-from ray_fixtures import PROBLEM_TREE_ONLY
-from openrlhf_das.integrations.openrlhf import openrlhf_cli, patches, problem_ids, settings
-from openrlhf_das.models.tiny import build_tiny_model, build_tiny_tokenizer
+from ray_fixtures import PROBLEM_TREE_ONLY, openrlhf_das_job
+from openrlhf_das.integrations.openrlhf import problem_ids, settings
+from openrlhf_das.models.tiny import build_tiny_tokenizer
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
@@ -44,44 +42,13 @@ GENERATE_KWARGS = dict(do_sample=True, max_len=96, max_new_tokens=MAX_NEW, tempe
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    import ray
-
-    if ray.is_initialized():  # this module needs its own cluster: fake GPU + DAS setup hook
-        ray.shutdown()
-    work = tmp_path_factory.mktemp("openrlhf_das")
-    model = build_tiny_model(work / "tiny", vocab_size=256)
-    data = work / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    integ = settings.IntegrationSettings(run_dir=str(work / "run"), history_cpus=0, snapshot_every=1, sticky=True)
-    saved = {k: os.environ.get(k) for k in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV, "VLLM_CPU_KVCACHE_SPACE")}
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    settings.export(CONFIG, integ)
-    patches.apply()
-    from openrlhf_das.cli.train import ray_runtime_env
-
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             runtime_env=ray_runtime_env(CONFIG, integ))
-    try:
-        from openrlhf.trainer.ray import create_vllm_engines  # patched re-export
-
-        assert getattr(create_vllm_engines, "__das_patched__", False)
-        engines = create_vllm_engines(1, 1, str(model), 0, False, False, True, 256, None, 0.9, False, None)
-        # OpenRLHF's real parser (defaults for everything not given)
-        args = openrlhf_cli.parse_args([
-            "--actor.model_name_or_path", str(model), "--vllm.num_engines", "1",
-            "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
-            "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "4",
-            "--train.num_episodes", "2", "--data.max_len", "96", "--rollout.max_new_tokens", str(MAX_NEW),
-            "--ds.attn_implementation", "sdpa",
-        ])
-        yield SimpleNamespace(ray=ray, engines=engines, model=str(model), args=args, integ=integ, work=work)
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    integ = settings.IntegrationSettings(run_dir=str(tmp_path_factory.mktemp("run")), history_cpus=0, snapshot_every=1,
+                                         sticky=True)
+    with openrlhf_das_job(tmp_path_factory.mktemp("openrlhf_das"), CONFIG, integ, ROWS, [
+        "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "4",
+        "--train.num_episodes", "2", "--data.max_len", "96", "--rollout.max_new_tokens", str(MAX_NEW),
+    ]) as job:
+        yield job
 
 
 def _records(run_dir):
@@ -169,7 +136,9 @@ def _trainer_class(ray):
 
         def train_step(self, rollout_samples, global_step):
             log = self.__dict__.setdefault("das_log", [])
-            log.append({"samples": len(rollout_samples), "events": list(self.samples_generator._das.events)})
+            log.append({"samples": len(rollout_samples), "events": list(self.samples_generator._das.events),
+                        "das_info": [{k: float(v[0]) for k, v in e.info.items() if k.startswith("das/")}
+                                     for e in rollout_samples]})
             return {}, global_step + 1
 
         def das_report(self):
@@ -197,6 +166,14 @@ def test_sync_trainer_step_boundary(job):
 
     recs = _records(job.integ.run_dir)
     assert [r["step"] for r in recs] == list(range(steps))
+    # each step's DAS scalars ride in its experiences' info (OpenRLHF logs info to wandb/TB)
+    from openrlhf_das.integrations.openrlhf.samples import LOGGED_METRICS
+
+    for entry, rec in zip(log, recs):
+        assert all(set(i) == set(LOGGED_METRICS) for i in entry["das_info"])
+        assert entry["das_info"][0]["das/drafted"] == rec["das"]["acceptance"]["total"]["drafted"]
+        assert entry["das_info"][0]["das/acceptance_rate"] == pytest.approx(
+            rec["das"]["acceptance"]["total"]["acceptance_rate"])
     assert all(r["rollouts"]["count"] == 4 and r["rollouts"]["problems"] == 2 for r in recs)
     drafted = [r["das"]["acceptance"]["total"]["drafted"] for r in recs]
     assert drafted[:2] == [0, 0]  # episode 1: every problem is new

@@ -10,15 +10,11 @@ history), and the history actor's per-step stats summed over both engines.
 
 from __future__ import annotations
 
-import json
-import os
-from types import SimpleNamespace
 
 import pytest
 
-from ray_fixtures import PROBLEM_TREE_ONLY
-from openrlhf_das.integrations.openrlhf import openrlhf_cli, patches, settings
-from openrlhf_das.models.tiny import build_tiny_model
+from ray_fixtures import PROBLEM_TREE_ONLY, openrlhf_das_job
+from openrlhf_das.integrations.openrlhf import settings
 from openrlhf_das.ray.sharding import engine_for_problem
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
@@ -48,43 +44,14 @@ GENERATE_KWARGS = dict(do_sample=True, max_len=96, max_new_tokens=MAX_NEW, tempe
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    work = tmp_path_factory.mktemp("openrlhf_das_two")
-    model = build_tiny_model(work / "tiny", vocab_size=256)
-    data = work / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    integ = settings.IntegrationSettings(run_dir=str(work / "run"), history_cpus=0, snapshot_every=1, sticky=True)
-    saved = {k: os.environ.get(k) for k in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV, "VLLM_CPU_KVCACHE_SPACE")}
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    settings.export(CONFIG, integ)
-    patches.apply()
-    from openrlhf_das.cli.train import ray_runtime_env
-
+    integ = settings.IntegrationSettings(run_dir=str(tmp_path_factory.mktemp("run")), history_cpus=0, snapshot_every=1,
+                                         sticky=True)
     # logical CPUs: the engines' placement group takes one per engine, the trainer needs one more
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env=ray_runtime_env(CONFIG, integ))
-    try:
-        from openrlhf.trainer.ray import create_vllm_engines
-
-        engines = create_vllm_engines(2, 1, str(model), 0, False, False, True, 256, None, 0.45, False, None)
-        args = openrlhf_cli.parse_args([
-            "--actor.model_name_or_path", str(model), "--vllm.num_engines", "2",
-            "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
-            "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "8",
-            "--train.num_episodes", "2", "--data.max_len", "96", "--rollout.max_new_tokens", str(MAX_NEW),
-            "--ds.attn_implementation", "sdpa",
-        ])
-        yield SimpleNamespace(ray=ray, engines=engines, model=str(model), args=args, integ=integ)
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with openrlhf_das_job(tmp_path_factory.mktemp("openrlhf_das_two"), CONFIG, integ, ROWS, [
+        "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "8",
+        "--train.num_episodes", "2", "--data.max_len", "96", "--rollout.max_new_tokens", str(MAX_NEW),
+    ], num_engines=2, num_cpus=4, gpu_memory_utilization=0.45) as job:
+        yield job
 
 
 def test_two_engines_share_one_history(job):

@@ -58,6 +58,16 @@ import sys
 import threading
 from typing import Any, Callable, Mapping
 
+if __package__:
+    from .post_import import PostImportHook
+else:  # loaded by path from gpu_compat_site/sitecustomize.py: no package, load the sibling alike
+    _pi_spec = importlib.util.spec_from_file_location(
+        "_openrlhf_das_post_import", os.path.join(os.path.dirname(os.path.abspath(__file__)), "post_import.py"))
+    _pi = importlib.util.module_from_spec(_pi_spec)
+    sys.modules.setdefault("_openrlhf_das_post_import", _pi)
+    _pi_spec.loader.exec_module(_pi)
+    PostImportHook = _pi.PostImportHook
+
 logger = logging.getLogger("openrlhf_das.gpu_compat")
 
 TORCH_ADAM_ENV = "OPENRLHF_DAS_TORCH_ADAM"
@@ -264,43 +274,7 @@ def _run_patch(name: str, module: Any) -> None:
             _say(f"fail-{name}", f"could not patch {name}: {exc!r}")
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, name: str) -> None:
-        self._loader = loader
-        self._name = name
-
-    def create_module(self, spec):  # noqa: D401 - Loader API
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _run_patch(self._name, module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of a target module so its patch runs right after
-    the module body."""
-
-    _openrlhf_das_gpu_compat = True
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in TARGETS:
-            return None
-        for finder in sys.meta_path:
-            if getattr(finder, "_openrlhf_das_gpu_compat", False) or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _PatchingLoader(spec.loader, fullname)
-        return spec
+_HOOK = PostImportHook(TARGETS, _run_patch)
 
 
 def apply(propagate: bool = True) -> dict[str, Any]:
@@ -308,8 +282,7 @@ def apply(propagate: bool = True) -> dict[str, Any]:
     ``propagate``, in the processes it starts (appends :data:`SITE_DIR` to ``PYTHONPATH``).
     Returns :func:`status`."""
     with _lock:
-        if not any(getattr(f, "_openrlhf_das_gpu_compat", False) for f in sys.meta_path):
-            sys.meta_path.insert(0, _PostImportFinder())
+        _HOOK.install()
         for name in TARGETS:
             module = sys.modules.get(name)
             if module is not None:
@@ -335,7 +308,7 @@ def status() -> dict[str, Any]:
         "torch_adam": adam,
         "nvcc": find_nvcc(),
         "engine_args": engine,
-        "hook_installed": any(getattr(f, "_openrlhf_das_gpu_compat", False) for f in sys.meta_path),
+        "hook_installed": _HOOK.installed,
         "propagated": SITE_DIR in os.environ.get("PYTHONPATH", "").split(os.pathsep),
     }
 

@@ -28,13 +28,13 @@ It also makes ``flash_attn``'s helper modules importable where flash-attn is mis
 
 from __future__ import annotations
 
-import importlib.abc
 import logging
 import sys
 import threading
 from typing import Any, Callable
 
 from .flash_attn_shim import ensure_flash_attn
+from .post_import import PostImportHook
 
 logger = logging.getLogger(__name__)
 
@@ -124,44 +124,7 @@ def _run_patch(name: str, module: Any) -> None:
     logger.debug("openrlhf-das: patched %s", name)
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, name: str) -> None:
-        self._loader = loader
-        self._name = name
-
-    def create_module(self, spec):  # noqa: D401 - Loader API
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _run_patch(self._name, module)
-
-    def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
-        return getattr(self._loader, name)
-
-
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of a target module so the patch runs right after
-    the module body."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in TARGETS or _applied.get(fullname):
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _PatchingLoader(spec.loader, fullname)
-        return spec
-
-
-_FINDER = _PostImportFinder()
+_FINDER = PostImportHook(TARGETS, _run_patch, wanted=lambda name: not _applied.get(name))
 
 
 def apply() -> dict[str, bool]:
@@ -171,7 +134,7 @@ def apply() -> dict[str, bool]:
     ensure_flash_attn()
     with _lock:
         if not _installed:
-            sys.meta_path.insert(0, _FINDER)
+            _FINDER.install()
             _installed = True
         for name in TARGETS:
             module = sys.modules.get(name)

@@ -11,7 +11,9 @@ from ``SamplesGenerator.generate_samples``, so that one method is the step bound
 3. **right after** it: the rollouts go to the history actor (``add_rollouts``) and the step is
    closed (``end_step(step, push=False)``): the actor folds the history, pulls and records the
    engines' acceptance stats and builds the next snapshots in the background — overlapping the
-   training step (sync) or the queue hand-off (async).
+   training step (sync) or the queue hand-off (async). The step's main DAS scalars are added to
+   the ``info`` of its experiences (:data:`LOGGED_METRICS`), so OpenRLHF's own wandb/TensorBoard
+   logs show them next to reward and length.
 
 Dispatch (``_dispatch_prompts_to_vllm``) is OpenRLHF's own, run over routing proxies of the
 engines: each ``generate_responses`` call gets ``problem_id`` / ``length_class`` keyword
@@ -237,10 +239,33 @@ def _generate_samples(original: Callable) -> Callable:
             out = original(self, **generate_kwargs)
         finally:
             st.capturing = False
+        step = st.step
         st.after_generation(time.perf_counter() - t0)
+        if st.step != step:  # a step was recorded: its DAS scalars go into OpenRLHF's own logs
+            tag_experiences([*out[0], *getattr(self, "_sample_buffer", [])], st.last_result)
         return out
 
     return generate_samples
+
+
+LOGGED_METRICS = ("das/acceptance_rate", "das/accepted_per_step", "das/drafted", "das/accepted", "das/propose_seconds")
+"""DAS scalars put into every experience's ``info`` (OpenRLHF averages ``info`` per step into its
+wandb/TensorBoard logs, so they appear there as ``train/das/...``)."""
+
+
+def tag_experiences(experiences: list[Any], result: dict[str, Any] | None) -> None:
+    """Set :data:`LOGGED_METRICS` of the step ``result`` in each untagged experience's ``info``
+    (0.0 where the step has no value: every experience of a DAS run has the same keys, which
+    OpenRLHF's batching requires)."""
+    import torch
+
+    metrics = (result or {}).get("metrics") or {}
+    for exp in experiences:
+        info = getattr(exp, "info", None)
+        if info is None or LOGGED_METRICS[0] in info:
+            continue
+        for key in LOGGED_METRICS:
+            info[key] = torch.tensor([float(metrics.get(key, 0.0))])
 
 
 def _process_response(original: Callable) -> Callable:
