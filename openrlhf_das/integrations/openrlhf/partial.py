@@ -40,7 +40,8 @@ The history actor still receives each rollout once, when its group completes (th
 capture in :mod:`.samples` only sees finished responses).
 
 Limits: multimodal requests are not cut (they continue as OpenRLHF's ``mode="keep"`` does); a
-stop *string* spanning a cut is not detected (stop tokens are). The synchronous trainer is not
+stop *string* spanning a cut is not detected (stop tokens are); groups in flight when a run stops
+are not in OpenRLHF's checkpoint (their prompts count as consumed, so a resumed run skips them). The synchronous trainer is not
 supported (it syncs weights without pausing the engines): the command line refuses the flag
 without ``--train.async_enable --train.partial_rollout_enable``.
 """
@@ -166,7 +167,9 @@ class EnginePartialState:
             cumulative += out0.cumulative_logprob or 0.0
             if was_cut and out0.finish_reason == "abort":
                 self.stats["cuts"] += 1
-                continue
+                if sampling_params.max_tokens is None or len(tokens) < sampling_params.max_tokens:
+                    continue
+                out0.finish_reason = "length"  # cut exactly at its last token: nothing left to resume
             break
         out0.token_ids = tokens
         out0.logprobs = logprobs
