@@ -104,6 +104,12 @@ class DASConfig(_Strict):
     """Append in-flight responses of the same problem (GRPO siblings) to its tree live."""
     min_token_prob: float = Field(default=0.1, gt=0.0, le=1.0)
     max_spec_offset: float = Field(default=0.0, ge=-64.0, le=64.0)
+    pattern_tokens: int | None = Field(default=16, ge=1, le=1024)
+    """Context suffix matched against the trees (the last N tokens; None = ``max_depth``). A
+    ``speculate`` call tries every suffix length of it, so its cost grows with N. Measured
+    (``benchmarks/pattern_length.py``, ``benchmarks/results/cpu-pattern-length.json``): a full DAS
+    step 30.9 µs per request at 16 vs 40.6 at 64 (CPU), for 0.10-0.13 % fewer accepted tokens on
+    the real H100 trace."""
 
     # --- length-aware policy ---------------------------------------------------------------
     length_policy: bool = True
@@ -141,6 +147,8 @@ class DASConfig(_Strict):
             raise ValueError("length_buckets must be a non-empty, strictly increasing list of positive ints")
         if self.max_budget >= self.max_depth:
             raise ValueError("the largest draft budget must be smaller than max_depth")
+        if self.pattern_tokens is not None and self.pattern_tokens > self.max_depth:
+            raise ValueError("pattern_tokens must be <= max_depth (longer matches cannot be indexed)")
         return self
 
     @property

@@ -58,6 +58,7 @@ class DASSpeculator:
         self.drafter = Drafter(
             history,
             max_depth=config.max_depth,
+            pattern_tokens=config.pattern_tokens,
             min_token_prob=config.min_token_prob,
             max_spec_offset=config.max_spec_offset,
             use_request_tree=config.use_request_tree,
@@ -79,6 +80,7 @@ class DASSpeculator:
         self.config = config
         d = self.drafter
         d.min_token_prob, d.max_spec_offset = config.min_token_prob, config.max_spec_offset
+        d.pattern_tokens = config.pattern_tokens
         d.use_request_tree, d.use_problem_tree = config.use_request_tree, config.use_problem_tree
         d.use_global_tree, d.use_siblings = config.use_global_tree, config.use_siblings
         self._max_running = MaxRunningGate(config.gate.max_running) if config.gate.mode == "max_running" else None

@@ -76,6 +76,7 @@ def test_out_of_range(data: dict[str, Any], key: str) -> None:
         ({"length_buckets": []}, "length_buckets"),
         ({"max_depth": 4, "budgets": {"long": {"tokens": 4, "factor": 2.0}}}, "smaller than max_depth"),
         ({"max_depth": 8, "length_policy": False, "flat_budget": {"tokens": 8, "factor": 1.0}}, "smaller than max_depth"),
+        ({"max_depth": 32, "pattern_tokens": 33}, "pattern_tokens must be <= max_depth"),
     ],
 )
 def test_cross_field(data: dict[str, Any], fragment: str) -> None:

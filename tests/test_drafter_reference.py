@@ -35,17 +35,19 @@ def _legal(options, draft) -> bool:
     budget=st.integers(1, 6),
     factor=st.sampled_from([0.5, 1.0, 2.0]),
     min_prob=st.sampled_from([0.1, 0.3, 0.6]),
+    pattern_tokens=st.sampled_from([None, 2, 4]),
 )
-def test_propose_matches_brute_force(history, context, prompt_len, budget, factor, min_prob):
+def test_propose_matches_brute_force(history, context, prompt_len, budget, factor, min_prob, pattern_tokens):
     index = HistoryIndex(max_depth=DEPTH, window=10, max_tokens=10**6, global_tree=True)
     for pid, toks in history:
         index.add_rollout(pid, 0, toks)
-    drafter = Drafter(index, max_depth=DEPTH, min_token_prob=min_prob, use_siblings=False)
+    drafter = Drafter(index, max_depth=DEPTH, pattern_tokens=pattern_tokens, min_token_prob=min_prob,
+                      use_siblings=False)
     prompt_len = min(prompt_len, len(context))
     req = DraftRequest("r", np.array(context, np.int32), prompt_len, "a", budget, factor)
     [draft] = drafter.propose([req])
 
-    pattern = context[-DEPTH:]
+    pattern = context[-(pattern_tokens or DEPTH):]
     sources = {
         "request": [context],
         "problem": [t for p, t in history if p == "a"],

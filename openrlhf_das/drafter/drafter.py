@@ -66,6 +66,7 @@ class Drafter:
         history: HistoryIndex,
         *,
         max_depth: int = 64,
+        pattern_tokens: int | None = None,
         min_token_prob: float = 0.1,
         max_spec_offset: float = 0.0,
         use_request_tree: bool = True,
@@ -76,6 +77,8 @@ class Drafter:
     ) -> None:
         self.history = history
         self.max_depth = max_depth
+        self.pattern_tokens = pattern_tokens
+        """Context suffix matched per ``speculate`` (tokens); None = ``max_depth``."""
         self.min_token_prob = min_token_prob
         self.max_spec_offset = max_spec_offset
         self.use_request_tree = use_request_tree
@@ -152,7 +155,7 @@ class Drafter:
         if req.budget <= 0:
             return EMPTY_DRAFT
         st = self._requests.get(req.request_id)
-        pattern = as_tokens(req.tokens[-self.max_depth :])
+        pattern = as_tokens(req.tokens[-(self.pattern_tokens or self.max_depth) :])
         args = SpeculateArgs(req.budget, req.factor, self.max_spec_offset, self.min_token_prob)
         best = EMPTY_DRAFT
         if self.use_request_tree and st is not None and st.tree is not None:
