@@ -18,6 +18,13 @@ drafter CPU share, and ratios vs (a)/(a') from the same run; a PNG; optionally t
 ``nospec`` as a zstd JSONL trace for ``benchmarks/replay.py``.
 
 CPU: ``--device cpu`` (eager). GPU: CUDA graphs via ``--cudagraph-mode`` (see docs/gpu.md).
+
+``--engines N``: data-parallel rollouts as OpenRLHF runs them with N engines and sticky routing:
+each mode starts N engines at once (child processes; on GPU one per device via
+``CUDA_VISIBLE_DEVICES``), engine i serves the problems with ``engine_for_problem(id, N) == i`` and
+drafts from their history only; an epoch lasts as long as its slowest engine. The per-engine
+results are kept under ``engines``; the merged epoch has the max seconds, summed tokens and
+requests, and the engines' DAS stats summed (``merge_engine_stats``, as the history actor does).
 """
 
 from __future__ import annotations
@@ -61,8 +68,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/local/engine_rollouts.json")
     p.add_argument("--png", default=None, help="default: --out with .png")
     p.add_argument("--trace", default=None, help="write the rollouts of the first mode as a .jsonl.zst trace")
+    p.add_argument("--engines", type=int, default=1, help="data-parallel engines (sticky problem shards)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.engines < 1:
+        p.error("--engines must be >= 1")
+    if args.engines > 1 and args.trace:
+        p.error("--trace records one engine's rollouts: use it with --engines 1")
     bad = set(args.modes.split(",")) - set(MODES)
     if bad:
         p.error(f"unknown modes {sorted(bad)}; choose from {MODES}")
@@ -123,6 +136,10 @@ def run_child(args) -> None:
 
         model = str(materialize(args.model))
     problems = load_problems(args, model)[: args.problems]
+    if args.engines > 1:
+        from openrlhf_das.ray.sharding import engine_for_problem
+
+        problems = [p for p in problems if engine_for_problem(p.problem_id, args.engines) == args.shard]
     t0 = time.perf_counter()
     llm = LLM(model=model, **_engine_kwargs(args, mode))
     start_s = time.perf_counter() - t0
@@ -131,7 +148,8 @@ def run_child(args) -> None:
     cfg = _das_config(args, flat=mode == "das_flat") if das else None
     results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
                          window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True)
-    out = {"mode": mode, "engine_start_seconds": start_s, "epochs": [r.summary() for r in results]}
+    out = {"mode": mode, "engine_start_seconds": start_s, "problem_ids": [p.problem_id for p in problems],
+           "epochs": [r.summary() for r in results]}
     if args.trace:
         _write_trace(args.trace, problems, args.samples, results)
     print("CHILD_RESULT " + json.dumps(out), flush=True)
@@ -188,17 +206,63 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def run_mode(argv: list[str], mode: str, trace: str | None, script: str = __file__) -> dict:
-    """Run ``script --child mode`` (a fresh engine in its own process) and return its result."""
-    cmd = [sys.executable, script, *_without(argv, "--trace"), "--child", mode]
+def run_mode(argv: list[str], mode: str, trace: str | None, script: str = __file__, engines: int = 1,
+             device: str = "cpu") -> dict:
+    """Run ``script --child mode`` (a fresh engine in its own process; with ``engines`` > 1 that
+    many at once, one per problem shard and, on ``cuda``, per GPU) and return its result."""
+    base = [sys.executable, script, *_without(_without(argv, "--trace"), "--engines"), "--child", mode]
     if trace:
-        cmd += ["--trace", trace]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+        base += ["--trace", trace]
+    if engines == 1:
+        return _child_result(subprocess.run(base, capture_output=True, text=True), mode)
+    procs = []
+    for i in range(engines):
+        env = dict(os.environ)
+        if device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        procs.append(subprocess.Popen([*base, "--engines", str(engines), "--shard", str(i)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        results.append(_child_result(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), mode))
+    return merge_engines(results)
+
+
+def _child_result(proc: subprocess.CompletedProcess, mode: str) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("CHILD_RESULT "):
             return json.loads(line[len("CHILD_RESULT "):])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
     return {"mode": mode, "error": f"exit code {proc.returncode}"}
+
+
+def merge_engines(results: list[dict]) -> dict:
+    """Data-parallel engines → one result: per epoch the slowest engine's seconds, summed tokens,
+    requests and DAS stats; finish times merged. Per-engine results kept under ``engines``."""
+    from openrlhf_das.reports.aggregate import merge_engine_stats
+
+    bad = [r for r in results if "error" in r]
+    if bad:
+        return {"mode": results[0]["mode"], "error": "; ".join(r["error"] for r in bad), "engines": results}
+    epochs = []
+    for per in zip(*(r["epochs"] for r in results)):
+        tokens, requests = sum(e["output_tokens"] for e in per), sum(e["requests"] for e in per)
+        seconds = max(e["seconds"] for e in per)
+        das = [e["das"] for e in per if e.get("das")]
+        epochs.append({
+            "epoch": per[0]["epoch"],
+            "seconds": seconds,
+            "output_tokens": tokens,
+            "requests": requests,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "max_response_length": max(e["max_response_length"] for e in per),
+            "mean_response_length": sum(e["mean_response_length"] * e["requests"] for e in per) / max(requests, 1),
+            "das": merge_engine_stats(das) if das else None,
+            "finish_seconds": sorted(t for e in per for t in e.get("finish_seconds", [])),
+        })
+    return {"mode": results[0]["mode"], "engine_start_seconds": max(r["engine_start_seconds"] for r in results),
+            "epochs": epochs, "engines": results}
 
 
 def summarize(results: dict) -> dict:
@@ -272,7 +336,7 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for i, mode in enumerate(args.modes.split(",")):
         print(f"[engine_rollouts] {mode} ...", flush=True)
-        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None)
+        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None, engines=args.engines, device=args.device)
         print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)
         report = {"args": vars(args), "machine": machine, "weight_updates": False, "results": results,
                   "summary": summarize(results)}
