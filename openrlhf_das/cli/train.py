@@ -16,6 +16,9 @@ Usage: every ``python -m openrlhf.cli.train_ppo_ray`` flag, unchanged, plus::
                                 > --rollout.batch_size; docs/partial-rollouts.md)
     --das.partial_max_staleness K  carry an unfinished group over at most K steps (default 2)
     --das.help                  print this and exit
+    --rollout-only              OpenRLHF's generation/reward/step loop without the DeepSpeed update
+                                (CPU machines, rollout timing); DAS on or off. Needs
+                                --reward.remote_url; Ray gets fake GPUs for the engines on CPU
 
 ``--das=VALUE`` / ``--das.<key>=VALUE`` forms work too. Every ``--das*`` token is removed before
 OpenRLHF parses the rest. The DAS config is validated **before** anything heavy is imported or
@@ -65,6 +68,7 @@ class DASArgs:
     overrides: dict[str, Any] = field(default_factory=dict)  # DASConfig dotted keys
     integration: dict[str, Any] = field(default_factory=dict)  # IntegrationSettings keys
     help: bool = False
+    rollout_only: bool = False
     openrlhf_argv: list[str] = field(default_factory=list)
 
     @property
@@ -99,6 +103,8 @@ def split_argv(argv: Sequence[str]) -> DASArgs:
             if word not in _ON | _OFF:
                 raise UsageError(f"--das takes on/off (got {word!r})")
             out.enabled = word in _ON
+        elif tok == "--rollout-only":
+            out.rollout_only = True
         elif tok.startswith("--das."):
             body = tok[len("--das."):]
             if "=" in body:
@@ -201,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_flash_attn()
     if not das.enabled:
         settings.clear()  # a stray OPENRLHF_DAS_CONFIG must not turn DAS on in the baseline
+        if das.rollout_only:
+            return _rollout_only(das.openrlhf_argv, None, None)
         return openrlhf_cli.run(das.openrlhf_argv)
 
     from ..integrations.openrlhf import patches
@@ -214,8 +222,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     settings.export(config, integ)
     patches.apply()
+    if das.rollout_only:
+        return _rollout_only(das.openrlhf_argv, config, integ)
     start_ray(config, integ)
     return openrlhf_cli.run(das.openrlhf_argv)
+
+
+def _rollout_only(openrlhf_argv: list[str], config: DASConfig | None, integ: IntegrationSettings | None) -> int:
+    """``--rollout-only``: :mod:`openrlhf_das.integrations.openrlhf.rollout_only` on a Ray cluster
+    with ``num_gpus`` resources for the engines (DAS setup hook when ``config`` is given)."""
+    from ..integrations.openrlhf import rollout_only
+
+    def starter(num_gpus: int) -> None:
+        # a new local cluster: fake GPU resources cannot be added to an existing one
+        if config is not None and integ is not None:
+            start_ray(config, integ, address="local", num_gpus=num_gpus)
+        else:
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(address="local", num_gpus=num_gpus)
+
+    return rollout_only.main(openrlhf_argv, starter)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""Rollout-only OpenRLHF runs (``openrlhf-das-train --rollout-only ...``).
+
+OpenRLHF's real pieces from prompts to rewards — ``create_vllm_engines`` (the DAS engines when
+``--das`` is on), its dataset and ``SamplesGenerator``, the reward function of
+``--reward.remote_url``, ``PPOTrainer.fit``'s episode/step loop, its TensorBoard/W&B logging and
+the DAS step boundary — with the DeepSpeed update replaced by a step that only records rollout
+statistics. The policy therefore never changes between steps (history matches better than in a
+real run: say so when quoting its numbers).
+
+What it is for: machines without CUDA (DeepSpeed's training path needs it), where it is the CPU
+form of the main job, and measuring rollout time alone. Engines need ``num_gpus`` Ray resources:
+on a CPU machine the cluster gets fake ones (vLLM's CPU build ignores them). Only
+``--reward.remote_url`` rewards (a Python file or a URL) work: reward models are DeepSpeed actors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def check_args(args: Any) -> list[str]:
+    """What OpenRLHF's parsed ``args`` lack for a rollout-only run."""
+    problems = []
+    if not args.vllm.num_engines:
+        problems.append("--rollout-only needs vLLM engines (--vllm.num_engines >= 1)")
+    if not args.reward.remote_url:
+        problems.append("--rollout-only needs --reward.remote_url (a reward function file or URL): reward "
+                        "models run on DeepSpeed, which a rollout-only run does not start")
+    if args.train.async_enable:
+        problems.append("--rollout-only runs OpenRLHF's synchronous loop: drop --train.async_enable")
+    return problems
+
+
+def _trainer_class() -> type:
+    from openrlhf.trainer.ppo_trainer import PPOTrainer
+
+    base = PPOTrainer.__ray_metadata__.modified_class.__ray_actor_class__
+
+    class RolloutOnlyTrainer(base):  # type: ignore[misc, valid-type]
+        """OpenRLHF's PPOTrainer whose ``train_step`` records rollout statistics instead of
+        making experiences and updating the model (both need the DeepSpeed actors)."""
+
+        def train_step(self, rollout_samples, global_step):
+            import torch
+
+            def mean(values: list[float]) -> float:
+                return float(sum(values) / len(values)) if values else 0.0
+
+            rewards = [float(s.rewards[0]) for s in rollout_samples if s.rewards is not None]
+            status: dict[str, float] = {
+                "rollout/num_samples": float(len(rollout_samples)),
+                "rollout/reward_mean": mean(rewards),
+                "rollout/response_length_mean": mean([float(s.response_length[0]) for s in rollout_samples]),
+                "rollout/truncated_rate": mean([float(s.truncated[0]) for s in rollout_samples]),
+            }
+            for key in {k for s in rollout_samples for k in s.info if k.startswith("das/")}:
+                vals = [float(torch.as_tensor(s.info[key]).float().mean()) for s in rollout_samples if key in s.info]
+                status[key] = mean(vals)
+            self.__dict__.setdefault("das_rollout_log", []).append({"step": global_step + 1, **status})
+            return status, global_step + 1
+
+        def rollout_log(self) -> list[dict[str, float]]:
+            return self.__dict__.get("das_rollout_log", [])
+
+    return RolloutOnlyTrainer
+
+
+def run(args: Any) -> list[dict[str, float]]:
+    """Run the rollout-only job for OpenRLHF's parsed ``args`` on an initialized Ray cluster;
+    returns one record per step (OpenRLHF's ``timing/generation`` is logged by its loop)."""
+    import ray
+    from openrlhf.trainer.ray import create_vllm_engines  # the patched re-export when DAS is on
+    from openrlhf.utils import get_strategy
+
+    problems = check_args(args)
+    if problems:
+        raise ValueError("; ".join(problems))
+    strategy = get_strategy(args)
+    engines = create_vllm_engines(
+        args.vllm.num_engines, args.vllm.tensor_parallel_size, args.actor.model_name_or_path, args.train.seed,
+        args.train.full_determinism_enable, args.vllm.enable_prefix_caching, args.vllm.enforce_eager,
+        args.data.max_len, None, args.vllm.gpu_memory_utilization, False, None,
+        agent_func_path=args.train.agent_func_path, remote_rm_url=args.reward.remote_url,
+    )
+    trainer = ray.remote(_trainer_class()).remote(
+        args.actor.model_name_or_path, strategy, None, None, None, None, engines,
+        do_sample=True, max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens,
+        temperature=args.rollout.temperature, top_p=args.rollout.top_p,
+    )
+    ray.get(trainer.fit.remote())
+    log = ray.get(trainer.rollout_log.remote())
+    out = Path(args.ckpt.path) / "rollout_only.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(log, indent=2))
+    logger.info("rollout-only: %d steps, per-step records in %s", len(log), out)
+    return log
+
+
+def main(openrlhf_argv: Sequence[str], start_ray: Any) -> int:
+    """Parse, validate, start Ray (``start_ray(num_gpus=...)``), run; the exit status."""
+    import sys
+
+    from . import openrlhf_cli
+
+    args = openrlhf_cli.parse_args(openrlhf_argv)
+    problems = check_args(args)
+    if problems:
+        print("openrlhf-das-train: error: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    start_ray(num_gpus=args.vllm.num_engines * args.vllm.tensor_parallel_size)
+    log = run(args)
+    for rec in log:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
+    return 0

@@ -1,0 +1,86 @@
+"""``openrlhf-das-train --rollout-only``: OpenRLHF's real engines, dataset, samples generator,
+reward function, ``PPOTrainer.fit`` loop and TensorBoard logging on CPU, with DAS on and off; only
+the DeepSpeed update is left out (it needs CUDA), which is what the flag does, not a test mock."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from openrlhf_das.cli import train as cli
+from openrlhf_das.integrations.openrlhf import settings
+from openrlhf_das.models.tiny import build_tiny_model
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
+
+REWARD = '''
+import torch
+
+def reward_func(queries, prompts, labels, **kwargs):
+    r = torch.tensor([float(len(q) % 7) / 7 for q in queries])
+    return {"rewards": r, "scores": r, "extra_logs": {}}
+'''
+ROWS = [{"prompt": " ".join(f"t{(13 * i + 3 * j) % 250 + 2}" for j in range(8)), "label": ""} for i in range(4)]
+
+
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    for key in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    reward = tmp_path / "reward.py"
+    reward.write_text(REWARD)
+    argv = [
+        "--rollout-only", "--actor.model_name_or_path", str(model), "--vllm.num_engines", "1", "--vllm.enforce_eager",
+        "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
+        "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "4",
+        "--train.num_episodes", "2", "--data.max_len", "96", "--rollout.max_new_tokens", "24",
+        "--rollout.temperature", "0", "--ds.attn_implementation", "sdpa", "--reward.remote_url", str(reward),
+    ]
+    yield argv, tmp_path
+    ray.shutdown()
+
+
+def _run(argv, ckpt, tb):
+    rc = cli.main([*argv, "--ckpt.path", str(ckpt), "--logger.tensorboard_dir", str(tb)])
+    assert rc == 0
+    import ray
+
+    ray.shutdown()
+    return json.loads((ckpt / "rollout_only.json").read_text())
+
+
+def test_rollout_only_with_and_without_das(job):
+    argv, tmp = job
+    das_flags = ["--das", "--das.length_policy", "false", "--das.flat_budget.tokens", "4",
+                 "--das.use_request_tree", "false", "--das.use_global_tree", "false", "--das.use_siblings", "false",
+                 "--das.history_cpus", "0", "--das.snapshot_every", "1"]
+    on = _run([*argv, *das_flags], tmp / "on", tmp / "tb_on")
+    off = _run(argv, tmp / "off", tmp / "tb_off")
+    for log in (on, off):
+        assert [r["step"] for r in log] == [1, 2, 3, 4]  # 4 prompts / 2 per step x 2 episodes
+        assert all(r["rollout/num_samples"] == 4 for r in log)
+        assert all(0 <= r["rollout/reward_mean"] <= 1 for r in log)
+    assert not any(k.startswith("das/") for r in off for k in r)
+    assert [r["das/drafted"] for r in on[:2]] == [0, 0]  # episode 1: no history yet
+    assert all(r["das/drafted"] > 0 and r["das/acceptance_rate"] > 0.9 for r in on[2:])  # greedy repeats
+    # greedy and lossless: the same responses with DAS on and off
+    assert [r["rollout/response_length_mean"] for r in on] == [r["rollout/response_length_mean"] for r in off]
+    assert any(f.startswith("events") for _, _, fs in os.walk(tmp / "tb_on") for f in fs)  # OpenRLHF's own logger
+    assert (tmp / "on" / "das" / "steps.jsonl").is_file()  # the DAS run dir under --ckpt.path
+
+
+def test_rollout_only_refuses_what_it_cannot_run(job, capsys):
+    argv, tmp = job
+    assert argv[-2] == "--reward.remote_url"
+    assert cli.main(argv[:-2]) == 2  # no reward function: refused before Ray starts
+    assert "--reward.remote_url" in capsys.readouterr().err
