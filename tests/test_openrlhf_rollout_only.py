@@ -68,7 +68,7 @@ def test_rollout_only_with_and_without_das(job):
     off = _run(argv, tmp / "off", tmp / "tb_off")
     for log in (on, off):
         assert [r["step"] for r in log] == [1, 2, 3, 4]  # 4 prompts / 2 per step x 2 episodes
-        assert all(r["rollout/num_samples"] == 4 for r in log)
+        assert all(r["rollout/num_samples"] == 4 and r["timing/generation"] > 0 for r in log)
         assert all(0 <= r["rollout/reward_mean"] <= 1 for r in log)
     assert not any(k.startswith("das/") for r in off for k in r)
     assert [r["das/drafted"] for r in on[:2]] == [0, 0]  # episode 1: no history yet

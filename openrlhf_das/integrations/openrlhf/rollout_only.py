@@ -61,18 +61,20 @@ def _trainer_class() -> type:
             for key in {k for s in rollout_samples for k in s.info if k.startswith("das/")}:
                 vals = [float(torch.as_tensor(s.info[key]).float().mean()) for s in rollout_samples if key in s.info]
                 status[key] = mean(vals)
-            self.__dict__.setdefault("das_rollout_log", []).append({"step": global_step + 1, **status})
+            # the dict itself is kept: ``fit`` adds ``timing/generation`` to it after this returns
+            self.__dict__.setdefault("das_rollout_log", []).append(status)
             return status, global_step + 1
 
         def rollout_log(self) -> list[dict[str, float]]:
-            return self.__dict__.get("das_rollout_log", [])
+            return [{"step": i + 1, **s} for i, s in enumerate(self.__dict__.get("das_rollout_log", []))]
 
     return RolloutOnlyTrainer
 
 
 def run(args: Any) -> list[dict[str, float]]:
     """Run the rollout-only job for OpenRLHF's parsed ``args`` on an initialized Ray cluster;
-    returns one record per step (OpenRLHF's ``timing/generation`` is logged by its loop)."""
+    returns one record per step (rollout statistics, DAS scalars, OpenRLHF's
+    ``timing/generation`` in seconds). A resumed run's steps are numbered from 1 again."""
     import ray
     from openrlhf.trainer.ray import create_vllm_engines  # the patched re-export when DAS is on
     from openrlhf.utils import get_strategy
