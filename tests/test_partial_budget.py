@@ -45,9 +45,10 @@ class _Generator:
         return SimpleNamespace(prompt=response["prompt"], scores=None)
 
 
-def _steps(ray, max_staleness: int) -> tuple[list[list[str]], list[float], list[dict]]:
-    gen = _Generator(ray, budget=2)
-    data = iter([(None, [p], [""], [None]) for p in DELAYS])
+def _steps(ray, max_staleness: int, budget: int = 2, prompts: tuple[str, ...] = tuple(DELAYS)
+           ) -> tuple[list[list[str]], list[float], list[dict]]:
+    gen = _Generator(ray, budget=budget)
+    data = iter([(None, [p], [""], [None]) for p in prompts])
     steps, seconds = [], []
     while True:
         t0 = time.perf_counter()
@@ -75,3 +76,20 @@ def test_budget_carries_slow_groups_and_staleness_bounds_them(ray_cluster):
     assert seconds[1] < SLOW_S / 2
     assert "A" in steps[-1] and hist[-1]["carried_out"] == 0
     assert sorted(p for s in steps for p in s) == sorted(DELAYS)
+
+
+def test_end_of_data_flushes_past_the_budget(ray_cluster):
+    """At the end of the data every carried group is waited for, also once the step's budget is
+    met (a step that met it and found nothing stale used to spin on an empty wait list)."""
+    import threading
+
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("r", _steps(ray_cluster, 3, budget=1,
+                                                                       prompts=("B", "C", "D", "E"))))
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the last step never returned"
+    steps, _seconds, hist = out["r"]
+    assert sorted(p for s in steps for p in s) == ["B", "C", "D", "E"]
+    assert hist[-1]["carried_out"] == 0 and len(steps[-1]) > 1  # the flush returned more than the budget
+

@@ -269,22 +269,19 @@ def generate_vllm(generator: Any, dataloader_iter: Any, num_prompts: int, dynami
     accepted: list[Any] = []
     groups = 0
 
-    def must_wait() -> bool:
-        if exhausted:
-            return bool(pending)  # end of the data: flush
-        if groups < budget:
-            return bool(pending)
-        return any(st.step - born >= max_staleness for _, born in pending)
+    def waiting_for() -> list[Any]:
+        """Refs the step still waits for: all while under budget or at the end of the data,
+        afterwards only groups that reached the staleness bound."""
+        if exhausted or groups < budget:
+            return [r for r, _ in pending]
+        return [r for r, born in pending if st.step - born >= max_staleness]
 
-    while must_wait():
-        born_of = {id(r): b for r, b in pending}
-        refs = [r for r, _ in pending]
-        if groups >= budget:  # only stale groups are waited for
-            refs = [r for r, b in pending if st.step - b >= max_staleness]
+    while refs := waiting_for():
         ready, _ = ray.wait(refs, num_returns=1, timeout=10.0)
         if not ready:
             continue
         ref = ready[0]
+        born = next(b for r, b in pending if r is ref)
         pending = [(r, b) for r, b in pending if r is not ref]
         experiences = [generator._process_response_into_experience(resp, **generate_kwargs) for resp in ray.get(ref)]
         if dynamic_filtering and experiences and all(e.scores is not None for e in experiences):
@@ -299,8 +296,8 @@ def generate_vllm(generator: Any, dataloader_iter: Any, num_prompts: int, dynami
             new_prompts, new_labels, new_images, exhausted = _collect_prompt_batch(dataloader_iter, 1)
             prompts_consumed += len(new_prompts)
             dispatched += len(new_prompts)
-            if new_prompts:
-                pending += [(r, born_of[id(ref)]) for r in generator._dispatch_prompts_to_vllm(
+            if new_prompts:  # the replacement keeps the filtered group's age
+                pending += [(r, born) for r in generator._dispatch_prompts_to_vllm(
                     new_prompts, new_labels, images=new_images, **generate_kwargs)]
     st.pending = pending
     st.history.append({"step": st.step, "dispatched": dispatched, "carried_in": carried_in,
