@@ -37,6 +37,30 @@ das_args() {  # $1: DAS config YAML
   if [ "$DAS" = "0" ]; then echo "--das off"; else echo "--das --das.config $1"; fi
 }
 
+hybrid_grpo_args() {  # sets GRPO_ARGS: the colocated GRPO layout of the math and code scripts
+  # Uses GPUS, MODEL, REWARD, SAVE_DIR, EPISODES: one node, actor + reference colocated with GPUS
+  # vLLM engines (TP 1, sleep mode), 64 prompts x 8 samples per step, ZeRO-3 bf16, KL loss 1e-3.
+  GRPO_ARGS=(
+    --ref.num_nodes 1 --ref.num_gpus_per_node "$GPUS"
+    --actor.num_nodes 1 --actor.num_gpus_per_node "$GPUS"
+    --vllm.num_engines "$GPUS" --vllm.tensor_parallel_size 1
+    --train.colocate_all --vllm.gpu_memory_utilization 0.6
+    --vllm.enable_sleep --ds.enable_sleep --vllm.sync_backend nccl --vllm.enforce_eager
+    --algo.advantage.estimator group_norm
+    --algo.kl.use_loss --algo.kl.estimator k3 --algo.kl.init_coef 1e-3
+    --actor.model_name_or_path "$MODEL"
+    --reward.remote_url "$REWARD"
+    --ckpt.output_dir "$SAVE_DIR" --ckpt.path "$SAVE_DIR/ckpt" --ckpt.save_hf
+    --train.batch_size 256 --rollout.batch_size 64 --rollout.n_samples_per_prompt 8
+    --train.micro_batch_size 2 --rollout.micro_batch_size 8
+    --train.num_episodes "$EPISODES" --train.max_epochs 1 --rollout.temperature 1.0
+    --ds.zero_stage 3 --ds.param_dtype bf16 --actor.adam.lr 1e-6
+    --data.input_key prompt --data.label_key label --data.apply_chat_template
+    --actor.gradient_checkpointing_enable
+    --logger.tensorboard_dir "$SAVE_DIR/tensorboard"
+  )
+}
+
 launch() {  # the full argument list of openrlhf_das.cli.train
   local cmd=("$PY" -m openrlhf_das.cli.train "$@")
   echo "${cmd[*]}"

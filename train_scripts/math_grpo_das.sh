@@ -23,27 +23,11 @@ MODEL=$(default_model qwen2.5-coder-1.5b-instruct)
 REWARD=$("$PY" -m openrlhf_das.integrations.openrlhf.reward_funcs math)
 ensure_data math
 
-launch \
-  --ref.num_nodes 1 --ref.num_gpus_per_node "$GPUS" \
-  --actor.num_nodes 1 --actor.num_gpus_per_node "$GPUS" \
-  --vllm.num_engines "$GPUS" --vllm.tensor_parallel_size 1 \
-  --train.colocate_all --vllm.gpu_memory_utilization 0.6 \
-  --vllm.enable_sleep --ds.enable_sleep --vllm.sync_backend nccl --vllm.enforce_eager \
-  --algo.advantage.estimator group_norm \
-  --algo.kl.use_loss --algo.kl.estimator k3 --algo.kl.init_coef 1e-3 \
-  --actor.model_name_or_path "$MODEL" \
-  --reward.remote_url "$REWARD" \
-  --ckpt.output_dir "$SAVE_DIR" --ckpt.path "$SAVE_DIR/ckpt" --ckpt.save_steps 20 --ckpt.save_hf \
-  --train.batch_size 256 --rollout.batch_size 64 --rollout.n_samples_per_prompt 8 \
-  --train.micro_batch_size 2 --rollout.micro_batch_size 8 \
-  --train.num_episodes "$EPISODES" --train.max_epochs 1 \
-  --data.max_len 9216 --rollout.max_new_tokens 8192 --rollout.temperature 1.0 \
-  --ds.zero_stage 3 --ds.param_dtype bf16 --actor.adam.lr 1e-6 \
-  --data.prompt_dataset "$DATA_DIR/math_train.jsonl" --data.input_key prompt --data.label_key label \
-  --data.apply_chat_template \
+hybrid_grpo_args
+launch "${GRPO_ARGS[@]}" \
+  --ckpt.save_steps 20 --data.max_len 9216 --rollout.max_new_tokens 8192 \
+  --data.prompt_dataset "$DATA_DIR/math_train.jsonl" \
   --eval.dataset "$DATA_DIR/math_eval.jsonl" --eval.steps 10 --eval.temperature 1.0 --eval.n_samples_per_prompt 4 \
-  --actor.gradient_checkpointing_enable \
-  --logger.tensorboard_dir "$SAVE_DIR/tensorboard" \
   $(attn_args) \
   $(das_args "$REPO/configs/das/math.yaml") \
   "$@"
