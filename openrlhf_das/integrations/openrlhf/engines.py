@@ -31,6 +31,7 @@ from typing import Any
 
 import ray
 from openrlhf.trainer.ray import vllm_engine as _ve
+from vllm.utils import random_uuid
 
 from ...config import DASConfig
 from ...engines.vllm.factory import export_config, speculative_config, with_das_metadata
@@ -62,8 +63,6 @@ class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         meta = _REQUEST.get()
         if self._das_partial is not None and not multi_modal_data:
-            from vllm.utils import random_uuid
-
             def tag(params: Any, offset: int) -> Any:
                 if meta is None:
                     return params

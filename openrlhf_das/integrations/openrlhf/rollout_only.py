@@ -72,16 +72,14 @@ def _trainer_class() -> type:
 
 
 def run(args: Any) -> list[dict[str, float]]:
-    """Run the rollout-only job for OpenRLHF's parsed ``args`` on an initialized Ray cluster;
+    """Run the rollout-only job for OpenRLHF's parsed ``args`` (which pass :func:`check_args`:
+    :func:`main` checks them before Ray starts) on an initialized Ray cluster;
     returns one record per step (rollout statistics, DAS scalars, OpenRLHF's
     ``timing/generation`` in seconds). A resumed run's steps are numbered from 1 again."""
     import ray
     from openrlhf.trainer.ray import create_vllm_engines  # the patched re-export when DAS is on
     from openrlhf.utils import get_strategy
 
-    problems = check_args(args)
-    if problems:
-        raise ValueError("; ".join(problems))
     strategy = get_strategy(args)
     engines = create_vllm_engines(
         args.vllm.num_engines, args.vllm.tensor_parallel_size, args.actor.model_name_or_path, args.train.seed,
