@@ -3,8 +3,9 @@ cluster (fake GPU) with a real CPU vLLM DAS engine built by the wrapped ``create
 
 * the DAS rollout actor cuts in-flight samples at ``pause_generation`` and resumes them at
   ``resume_generation`` (what OpenRLHF's ``TrainingActor.broadcast_to_vllm`` calls around a weight
-  sync in partial mode): greedy outputs and chosen-token logprobs equal an uninterrupted run, and
-  every token carries the weight version that produced it;
+  sync in partial mode): greedy outputs and chosen-token logprobs equal an uninterrupted run (up
+  to a bf16 near-tie: see ``_assert_same_greedy``), and every token carries the weight version
+  that produced it;
 * a **real** weight change during a pause (final norm negated through ``collective_rpc``): tokens
   before the cut are the old policy's, tokens after are the new policy's greedy continuation of
   prompt + prefix, tagged version 0 then 1;
@@ -77,6 +78,13 @@ def _action(resp):
     return resp["observation_tokens"][start:end]
 
 
+def _action_logprobs(resp):
+    """Chosen-token logprobs of the response tokens (OpenRLHF aligns them with the observation)."""
+    (start, end), = resp["action_ranges"]
+    assert len(resp["rollout_log_probs"]) == len(resp["observation_tokens"])
+    return resp["rollout_log_probs"][start:end]
+
+
 def _check_segments(resp):
     segs = resp["das_weight_versions"]
     n = len(_action(resp))
@@ -84,6 +92,25 @@ def _check_segments(resp):
     for (v0, _, e0), (v1, s1, _) in zip(segs, segs[1:]):
         assert e0 == s1 and v1 > v0  # contiguous, strictly newer versions
     return segs
+
+
+def _assert_same_greedy(got, want, got_lps, want_lps, min_agree):
+    """Greedy decoding of the same weights on the same context, in two batch layouts: bf16 sums
+    differ between layouts (OpenRLHF's engines run bf16, and vLLM's CPU kernels are not batch
+    invariant), so the runs agree token for token up to a near-tie, where either token may win.
+    Asserts: at least ``min_agree`` tokens (or all) agree, logprobs agree to bf16 noise on the
+    agreed part (a misaligned concatenation would be off by whole nats), and at the first
+    difference, if any, the two chosen tokens were a near-tie (each run's chosen logprob is its
+    maximum, so they are within noise of each other)."""
+    n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    assert n >= min(min_agree, len(got), len(want)), f"greedy runs differ at token {n}"
+    diffs = [abs(x - y) for x, y in zip(got_lps[:n], want_lps[:n])]
+    assert not diffs or (max(diffs) < 0.1 and sum(diffs) / len(diffs) < 0.01)
+    if n < min(len(got), len(want)):
+        assert abs(got_lps[n] - want_lps[n]) < 0.1, f"token {n}: not a near-tie ({got_lps[n]} vs {want_lps[n]})"
+    else:
+        assert len(got) == len(want)
+    return n
 
 
 def _cut_repeatedly(job, ref, pause_every=0.05, max_syncs=6):
@@ -116,14 +143,10 @@ def test_cut_resume_across_syncs_is_lossless(job):
     assert after["inflight"] == 0
     multi = 0
     for a, b in zip(plain, cut):
-        assert _action(b) == _action(a)  # token for token
-        assert b["truncated"] == a["truncated"]
-        assert len(b["rollout_log_probs"]) == len(a["rollout_log_probs"])
-        # OpenRLHF's engines run bf16 (its create_vllm_engines fixes the dtype): a resumed request
-        # recomputes its prefix in another batch, so logprobs agree to bf16 noise (a misaligned
-        # concatenation would be off by whole nats)
-        diffs = [abs(x - y) for x, y in zip(a["rollout_log_probs"], b["rollout_log_probs"])]
-        assert max(diffs) < 0.1 and sum(diffs) / len(diffs) < 0.01
+        # a resumed request recomputes its prefix in another batch: token for token up to a near-tie
+        n = _assert_same_greedy(_action(b), _action(a), _action_logprobs(b), _action_logprobs(a), min_agree=64)
+        if n == len(_action(a)):
+            assert b["truncated"] == a["truncated"]
         segs = _check_segments(b)
         assert segs[0][0] >= before["weight_version"] and segs[-1][0] <= after["weight_version"]
         multi += len(segs) > 1
@@ -135,7 +158,7 @@ def test_real_weight_change_splits_old_and_new_policy(job):
     ray = job.ray
     engine = job.engines[0]
     prompt = ROWS[2]["prompt"]
-    params = _params(300)
+    params = _params(300, logprobs=1)
     old = ray.get(_generate(job, prompt, params, 2, pid="pw"))
     version = ray.get(engine.das_partial_stats.remote())["weight_version"]
 
@@ -157,11 +180,14 @@ def test_real_weight_change_splits_old_and_new_policy(job):
             tokens = _action(resp)
             assert [s[0] for s in segs] in ([version, version + 1], [version + 1])
             cut_at = segs[0][2] if len(segs) == 2 else 0
-            assert tokens[:cut_at] == _action(ref_resp)[:cut_at]  # old policy before the cut
+            # old policy before the cut (the reference ran in the same batch layout)
+            assert tokens[:cut_at] == _action(ref_resp)[:cut_at]
             # after it: the new policy's greedy continuation of prompt + prefix
             cont = ray.get(_generate(job, " ".join(f"t{t}" for t in prompt_ids + tokens[:cut_at]) if cut_at else prompt,
-                                     _params(params.max_tokens - cut_at), 1, pid="pw"))[0]
-            assert tokens[cut_at:] == _action(cont)
+                                     _params(params.max_tokens - cut_at, logprobs=1), 1, pid="pw"))[0]
+            # negated logits: the old policy would differ at once (its argmax is the new argmin)
+            _assert_same_greedy(tokens[cut_at:], _action(cont), _action_logprobs(resp)[cut_at:],
+                                _action_logprobs(cont), min_agree=16)
             assert tokens != _action(ref_resp), "the weight change did not change the output"
     finally:
         ray.get(engine.pause_generation.remote())
