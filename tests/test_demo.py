@@ -1,0 +1,72 @@
+"""``make demo`` (``python -m openrlhf_das.cli.demo``): the README's main command runs the
+``openrlhf_das.cli.train`` entry point in rollout-only mode, DAS off and on, on the shipped math data.
+
+The end-to-end test uses the tiny test model instead of SmolLM2 (same code path, seconds instead of
+minutes); everything else is real: two ``openrlhf-das-train --rollout-only`` processes, each with
+its own Ray, OpenRLHF's real engines, samples generator, math reward function and step loop."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from openrlhf_das.cli import demo
+from openrlhf_das.models.tiny import build_tiny_model
+
+
+def test_dry_run_prints_the_entry_point_for_both_arms(capsys, tmp_path):
+    assert demo.main(["--dry-run", "--run-dir", str(tmp_path), "--das.window", "3"]) == 0
+    off, on = (shlex.split(line) for line in capsys.readouterr().out.strip().splitlines())
+    for cmd in (off, on):
+        assert cmd[1:5] == ["-m", "openrlhf_das.cli.train", "--rollout-only", "--actor.model_name_or_path"]
+    assert off[-2:] == ["--das", "off"]
+    assert on[on.index("--das"):] == ["--das", "--das.config", str(demo.DEFAULT_CONFIG), "--das.window", "3"]
+    # the same OpenRLHF flags apart from where each arm keeps its checkpoint/logs
+    strip = lambda cmd, arm: [t.replace(str(tmp_path / arm), "CKPT") for t in cmd[:cmd.index("--das")]]  # noqa: E731
+    assert strip(off, "nodas") == strip(on, "das")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--das.bogus", "1"], "bogus: unknown key"),
+    (["--das.window", "-1"], "window"),
+    (["--das.window"], "needs a value"),
+    (["--foo"], "unrecognized arguments: --foo"),
+    (["--das.window", "3", "--foo"], "unrecognized arguments: --foo"),
+    (["--problems", "6", "--prompts-per-step", "4"], "multiple of --prompts-per-step"),
+    (["--episodes", "0"], "--episodes must be >= 1"),
+])
+def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        demo.main([*argv, "--run-dir", str(tmp_path / "run")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.engine
+def test_demo_runs_both_arms_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
+    run = tmp_path / "run"
+    rc = demo.main(["--model", str(model), "--problems", "2", "--prompts-per-step", "2", "--samples", "2",
+                    "--episodes", "2", "--max-tokens", "24", "--temperature", "0", "--run-dir", str(run),
+                    "--das.length_policy", "false", "--das.flat_budget.tokens", "4", "--das.use_request_tree", "false",
+                    "--das.use_global_tree", "false", "--das.use_siblings", "false", "--das.history_cpus", "0",
+                    "--das.snapshot_every", "1"])  # problem trees only: no draft before episode 2
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())
+    steps = summary["steps"]
+    assert [s["step"] for s in steps] == [1, 2]  # 2 problems / 2 per step x 2 episodes
+    assert all(s["generation_s"]["nodas"] > 0 and s["generation_s"]["das"] > 0 for s in steps)
+    assert steps[0]["das_drafted"] == 0 and steps[1]["das_drafted"] > 0  # history from episode 1
+    # greedy, lossless: the same responses with DAS on and off
+    assert all(s["response_length_mean"]["nodas"] == s["response_length_mean"]["das"] for s in steps)
+    assert all(s["reward_mean"]["nodas"] == s["reward_mean"]["das"] for s in steps)
+    assert summary["first_episode_s"]["das"] > 0 and summary["later_episodes_s"]["nodas"] > 0
+    for arm in demo.ARMS:
+        assert (run / arm / "rollout_only.json").is_file() and (run / arm / "train.log").stat().st_size > 0
+    assert (run / "das" / "das" / "acceptance.png").is_file()
+    out = capsys.readouterr().out
+    assert "episode 1 (no history)" in out and "later episodes" in out
