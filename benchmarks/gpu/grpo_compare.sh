@@ -14,11 +14,13 @@
 # --das.length_policy false --das.flat_budget.tokens 4 (drafts padded to k so every decode step
 # replays a captured graph; since every step then pays for k draft tokens, every request drafts k).
 #
-# Default size: 48 prompts x 5 episodes / 8 prompts per step = 30 steps, 8 samples per prompt,
-# <= 1024 new tokens, T = 1.0. Measured on one H100 (docs/gpu.md, session 2): start ~2 min, then
-# 19-20 s a step (generation ~10 s, training ~6 s, broadcast ~2 s), so an arm needs two calls
-# (the second with RESUME=1). Memory: the defaults (engine 0.25 of the GPU, micro-batches 2/4)
-# leave room for the 151,936-entry logits; 0.5 / 8 ran out of memory in the first backward pass.
+# Default size: 24 prompts x 5 episodes / 4 prompts per step = 30 steps, 8 samples per prompt
+# (32 per step), <= 1024 new tokens, T = 1.0. Measured on one H100 (docs/gpu.md, session 2) with
+# 8 prompts per step: start ~2 min, then 19-20 s a step (generation ~10 s, training ~6 s,
+# broadcast ~2 s); 4 prompts per step halve the training part, so an arm should fit one or two
+# calls (the second with RESUME=1) of a 30-minute device budget that also holds the bring-up.
+# Memory: the defaults (engine 0.25 of the GPU, micro-batches 2/4) leave room for the
+# 151,936-entry logits; 0.5 / 8 ran out of memory in the first backward pass.
 # Knobs (env): PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
 # MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
 # then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
@@ -46,7 +48,7 @@ took() { awk -v n="$1" -v a="$2" -v b="$(date +%s.%N)" 'BEGIN { printf "[time] %
 
 MODEL=${MODEL:-$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct}
 DATA=${DATA:-$REPO/benchmarks/gpu/prompts/math_train_grpo.jsonl}
-PROMPTS=${PROMPTS:-48}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-8}; N_SAMPLES=${N_SAMPLES:-8}
+PROMPTS=${PROMPTS:-24}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-4}; N_SAMPLES=${N_SAMPLES:-8}
 MAX_NEW=${MAX_NEW:-1024}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e-6}
 GPU_UTIL=${GPU_UTIL:-0.25}; MICRO_TRAIN=${MICRO_TRAIN:-2}; MICRO_ROLLOUT=${MICRO_ROLLOUT:-4}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
