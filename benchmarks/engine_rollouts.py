@@ -25,6 +25,11 @@ each mode starts N engines at once (child processes; on GPU one per device via
 drafts from their history only; an epoch lasts as long as its slowest engine. The per-engine
 results are kept under ``engines``; the merged epoch has the max seconds, summed tokens and
 requests, and the engines' DAS stats summed (``merge_engine_stats``, as the history actor does).
+
+``--tensor-parallel T``: each engine spans T devices (``tensor_parallel_size``; engine i gets GPUs
+i·T … i·T+T-1). Every rank runs its own drafter on the same history; each DAS epoch records
+whether all ranks' DAS stats agree (``ranks_agree``; a warning is printed when they do not). On
+CPU the T worker processes are bound to one core each (``VLLM_CPU_OMP_THREADS_BIND``, unless set).
 """
 
 from __future__ import annotations
@@ -69,11 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--png", default=None, help="default: --out with .png")
     p.add_argument("--trace", default=None, help="write the rollouts of the first mode as a .jsonl.zst trace")
     p.add_argument("--engines", type=int, default=1, help="data-parallel engines (sticky problem shards)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="devices per engine (tensor_parallel_size)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.engines < 1:
-        p.error("--engines must be >= 1")
+    if args.engines < 1 or args.tensor_parallel < 1:
+        p.error("--engines and --tensor-parallel must be >= 1")
     if args.engines > 1 and args.trace:
         p.error("--trace records one engine's rollouts: use it with --engines 1")
     bad = set(args.modes.split(",")) - set(MODES)
@@ -98,6 +104,8 @@ def _engine_kwargs(args, mode: str) -> dict:
     from openrlhf_das.engines.vllm import engine_kwargs, export_config
 
     kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
+    if args.tensor_parallel > 1:
+        kw.update(tensor_parallel_size=args.tensor_parallel, distributed_executor_backend="mp")
     if args.device == "cpu":
         kw["enforce_eager"] = True
     else:
@@ -123,6 +131,9 @@ def run_child(args) -> None:
     mode = args.child
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
+        if args.tensor_parallel > 1:  # vLLM's CPU backend binds each worker to a NUMA node unless told
+            cpus = sorted(os.sched_getaffinity(0))[: args.tensor_parallel]
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(map(str, cpus)))
     if mode != "nospec":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
     from vllm import LLM, SamplingParams
@@ -207,7 +218,7 @@ def _without(argv: list[str], flag: str) -> list[str]:
 
 
 def run_mode(argv: list[str], mode: str, trace: str | None, script: str = __file__, engines: int = 1,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", tp: int = 1) -> dict:
     """Run ``script --child mode`` (a fresh engine in its own process; with ``engines`` > 1 that
     many at once, one per problem shard and, on ``cuda``, per GPU) and return its result."""
     base = [sys.executable, script, *_without(_without(argv, "--trace"), "--engines"), "--child", mode]
@@ -219,7 +230,7 @@ def run_mode(argv: list[str], mode: str, trace: str | None, script: str = __file
     for i in range(engines):
         env = dict(os.environ)
         if device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * tp + r) for r in range(tp))
         procs.append(subprocess.Popen([*base, "--engines", str(engines), "--shard", str(i)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
@@ -235,6 +246,12 @@ def _child_result(proc: subprocess.CompletedProcess, mode: str) -> dict:
             return json.loads(line[len("CHILD_RESULT "):])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
     return {"mode": mode, "error": f"exit code {proc.returncode}"}
+
+
+def _all_agree(flags: list[bool | None]) -> bool | None:
+    """Engines' ``ranks_agree``: None when none has several ranks, else whether none disagrees."""
+    known = [f for f in flags if f is not None]
+    return all(known) if known else None
 
 
 def merge_engines(results: list[dict]) -> dict:
@@ -258,6 +275,7 @@ def merge_engines(results: list[dict]) -> dict:
             "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
             "max_response_length": max(e["max_response_length"] for e in per),
             "mean_response_length": sum(e["mean_response_length"] * e["requests"] for e in per) / max(requests, 1),
+            "ranks_agree": _all_agree([e.get("ranks_agree") for e in per]),
             "das": merge_engine_stats(das) if das else None,
             "finish_seconds": sorted(t for e in per for t in e.get("finish_seconds", [])),
         })
@@ -336,7 +354,10 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for i, mode in enumerate(args.modes.split(",")):
         print(f"[engine_rollouts] {mode} ...", flush=True)
-        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None, engines=args.engines, device=args.device)
+        results[mode] = run_mode(argv, mode, args.trace if i == 0 else None, engines=args.engines, device=args.device,
+                                 tp=args.tensor_parallel)
+        if any(e.get("ranks_agree") is False for e in results[mode].get("epochs", [])):
+            print(f"WARNING: {mode}: the tensor-parallel ranks' DAS stats differ (see ranks_agree)", flush=True)
         print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)
         report = {"args": vars(args), "machine": machine, "weight_updates": False, "results": results,
                   "summary": summarize(results)}

@@ -188,12 +188,16 @@ def das_stats(llm: Any, reset: bool = False) -> dict[str, Any]:
     return llm.collective_rpc("das_get_stats", kwargs={"reset": reset})[0]
 
 
+def snapshot_bytes(problem_ids: Sequence[str], responses: Sequence[Sequence[int]], step: int = 0) -> bytes:
+    """``responses`` (one per problem id, of RL step ``step``) as a serialized history snapshot."""
+    rollouts = [Rollout(pid, step, np.asarray(r, np.int32)) for pid, r in zip(problem_ids, responses)]
+    return HistorySnapshot.from_rollouts(rollouts, next_step=step + 1).to_npz_bytes()
+
+
 def load_history(llm: Any, problem_ids: Sequence[str], responses: Sequence[Sequence[int]],
                  classes: dict[str, str] | None = None, step: int = 0) -> dict[str, int]:
-    """Ship ``responses`` (one per problem id, of RL step ``step``) as a history snapshot."""
-    rollouts = [Rollout(pid, step, np.asarray(r, np.int32)) for pid, r in zip(problem_ids, responses)]
-    snap = HistorySnapshot.from_rollouts(rollouts, next_step=step + 1)
-    return llm.collective_rpc("das_load_snapshot", args=(snap.to_npz_bytes(), classes))[0]
+    """Ship ``responses`` as a history snapshot to every worker; the first worker's answer."""
+    return llm.collective_rpc("das_load_snapshot", args=(snapshot_bytes(problem_ids, responses, step), classes))[0]
 
 
 # ---------------------------------------------------------------------------------- outputs

@@ -3,7 +3,8 @@
 Each epoch submits every problem × sample request at once (a synchronous RL step), waits for
 the last one, and — for a DAS engine — ships the finished responses of the last ``window``
 epochs to the engine as a history snapshot before the next epoch, exactly as the Ray history
-actor does between steps. Used by the demo CLI and ``benchmarks/engine_rollouts.py``.
+actor does between steps. Used by ``benchmarks/engine_rollouts.py`` and
+``benchmarks/partial_rollouts.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class EpochResult:
     requests: int
     response_lengths: list[int]
     das_stats: dict[str, Any] | None = None
+    ranks_agree: bool | None = None
+    """Tensor-parallel engines: whether every rank's DAS stats equal rank 0's (wall times
+    aside); None for a single rank or no DAS."""
     finish_seconds: list[float] = field(default_factory=list, repr=False)
     """Seconds from the epoch's start at which each request finished, in finishing order (the
     long-tail timeline: requests still running at t = requests - #finish_seconds <= t)."""
@@ -54,8 +58,20 @@ class EpochResult:
             "max_response_length": max(self.response_lengths, default=0),
             "mean_response_length": float(np.mean(self.response_lengths)) if self.response_lengths else 0.0,
             "das": self.das_stats,
+            "ranks_agree": self.ranks_agree,
             "finish_seconds": [round(t, 4) for t in self.finish_seconds],
         }
+
+
+RANK_VARYING_STATS = frozenset({"propose_seconds"})
+"""``das_get_stats`` keys that legitimately differ between tensor-parallel ranks (wall time)."""
+
+
+def ranks_agree(per_rank: Sequence[dict[str, Any]]) -> bool:
+    """Whether the ``das_get_stats`` of all tensor-parallel ranks agree, wall times aside: each
+    rank's drafter holds the same history and drafted and had accepted the same tokens."""
+    same = [{k: v for k, v in s.items() if k not in RANK_VARYING_STATS} for s in per_rank]
+    return all(s == same[0] for s in same[1:])
 
 
 def run_epochs(
@@ -95,7 +111,9 @@ def run_epochs(
             res.outputs = tokens
             res.logprobs = [_chosen_logprobs(o.outputs[0]) for o in outs]
         if das:
-            res.das_stats = llm.collective_rpc("das_get_stats", kwargs={"reset": True})[0]
+            per_rank = llm.collective_rpc("das_get_stats", kwargs={"reset": True})
+            res.das_stats = per_rank[0]
+            res.ranks_agree = ranks_agree(per_rank) if len(per_rank) > 1 else None
             history = [r for r in history if r.step > epoch - window]
             history += [Rollout(pid, epoch, np.asarray(t, np.int32)) for pid, t in zip(owners, tokens)]
             snap = HistorySnapshot.from_rollouts(history, next_step=epoch + 1)
