@@ -84,3 +84,10 @@ def test_rollout_only_refuses_what_it_cannot_run(job, capsys):
     assert argv[-2] == "--reward.remote_url"
     assert cli.main(argv[:-2]) == 2  # no reward function: refused before Ray starts
     assert "--reward.remote_url" in capsys.readouterr().err
+    # tensor-parallel engines: OpenRLHF uses vLLM's Ray executor, which vLLM's CPU platform refuses
+    # deep inside the engine process; refused up front instead (this suite runs without a GPU)
+    import torch
+
+    assert not torch.cuda.is_available()
+    assert cli.main([*argv, "--vllm.tensor_parallel_size", "2"]) == 2
+    assert "tensor_parallel_size" in capsys.readouterr().err

@@ -33,7 +33,16 @@ def check_args(args: Any) -> list[str]:
                         "models run on DeepSpeed, which a rollout-only run does not start")
     if args.train.async_enable:
         problems.append("--rollout-only runs OpenRLHF's synchronous loop: drop --train.async_enable")
+    if args.vllm.tensor_parallel_size > 1 and not _cuda_available():
+        problems.append("--vllm.tensor_parallel_size > 1 needs GPUs: OpenRLHF runs tensor-parallel engines on "
+                        "vLLM's Ray executor, which vLLM's CPU platform does not support")
     return problems
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _trainer_class() -> type:
