@@ -36,11 +36,18 @@ def test_dry_run_prints_the_entry_point_for_both_arms(capsys, tmp_path):
     (["--das.window", "3", "--foo"], "unrecognized arguments: --foo"),
     (["--problems", "6", "--prompts-per-step", "4"], "multiple of --prompts-per-step"),
     (["--episodes", "0"], "--episodes must be >= 1"),
+    (["--model", "no-such-model"], "no registered model"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         demo.main([*argv, "--run-dir", str(tmp_path / "run")])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_problems_than_shipped_fails_before_the_model_is_built(capsys, tmp_path):
+    assert demo.main(["--problems", "1000", "--prompts-per-step", "4", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "the shipped MATH-500 set has" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..models.registry import MODELS
 from .train import resolve, split_argv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     for n in ("problems", "samples", "prompts_per_step", "episodes", "max_tokens"):
         if getattr(args, n) < 1:
             p.error(f"--{n.replace('_', '-')} must be >= 1")
+    if not Path(args.model).is_dir() and args.model not in MODELS:
+        p.error(f"--model: no folder {args.model!r} and no registered model of that name ({', '.join(sorted(MODELS))})")
     if args.problems % args.prompts_per_step:
         p.error("--problems must be a multiple of --prompts-per-step (OpenRLHF drops an incomplete last batch)")
     # the DAS arm's flags, checked here, before anything is started
@@ -136,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..models.registry import materialize
     from ..reports import render
 
+    rows = openrlhf_rows("math500", args.problems, None)
+    if len(rows) < args.problems:
+        print(f"demo: error: --problems {args.problems}: the shipped MATH-500 set has {len(rows)}", file=sys.stderr)
+        return 2
     model = args.model if Path(args.model).is_dir() else str(materialize(args.model))
-    prompts = write_jsonl(openrlhf_rows("math500", args.problems, None), run_dir / "prompts.jsonl")
+    prompts = write_jsonl(rows, run_dir / "prompts.jsonl")
     logs = {}
     for arm in ARMS:
         ckpt = run_dir / arm
