@@ -104,8 +104,9 @@ def _engine_kwargs(args, mode: str) -> dict:
     from openrlhf_das.engines.vllm import engine_kwargs, export_config
 
     kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
-    if args.tensor_parallel > 1:
-        kw.update(tensor_parallel_size=args.tensor_parallel, distributed_executor_backend="mp")
+    tp = getattr(args, "tensor_parallel", 1)  # partial_rollouts.py shares these settings, without TP
+    if tp > 1:
+        kw.update(tensor_parallel_size=tp, distributed_executor_backend="mp")
     if args.device == "cpu":
         kw["enforce_eager"] = True
     else:

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(mode, json.dumps(report["summary"].get(mode)), flush=True)
-    return 0
+    return 0 if all("error" not in r for r in report["results"].values()) else 1
 
 
 if __name__ == "__main__":
