@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import atexit
 import gc
+import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -280,3 +283,21 @@ def chi2_sf(x: float, dof: int) -> float:
         q = torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64),
                                     torch.tensor(x / 2.0, dtype=torch.float64))
         return float(q) if not math.isnan(float(q)) else 0.0
+
+
+# ---------------------------------------------------------------------------------- benchmarks
+def run_benchmark(tmp_path: Path, script: str, num_problems: int, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` on a tiny model with ``num_problems`` 8-token prompts (ids
+    q0, q1, ... in a ``--prompts-file``), plus ``args``; returns the finished process."""
+    from openrlhf_das.models.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
+    prompts = {"problems": [{"problem_id": f"q{i}", "prompt_token_ids": [(7 * i + j) % 250 + 2 for j in range(8)]}
+                            for i in range(num_problems)]}
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--model", str(model), "--prompts-file",
+         str(tmp_path / "prompts.json"), "--problems", str(num_problems), "--max-model-len", "256", *args],
+        capture_output=True, text=True, timeout=900, cwd=root,
+    )

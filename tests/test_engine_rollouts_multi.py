@@ -5,34 +5,21 @@ merges engines: the epoch lasts as long as the slower engine, tokens and DAS sta
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from openrlhf_das.models.tiny import build_tiny_model
+from engine_fixtures import run_benchmark
 from openrlhf_das.ray.sharding import engine_for_problem
 
 pytestmark = [pytest.mark.engine]
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
-    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
     ids = [f"q{i}" for i in range(6)]
-    prompts = {"problems": [{"problem_id": pid, "prompt_token_ids": [(7 * i + j) % 250 + 2 for j in range(8)]}
-                            for i, pid in enumerate(ids)]}
-    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     out = tmp_path / "er.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "engine_rollouts.py"), "--model", str(model),
-         "--prompts-file", str(tmp_path / "prompts.json"), "--problems", "6", "--samples", "2", "--epochs", "2",
-         "--max-tokens", "24", "--temperature", "0", "--modes", "nospec,das_flat", "--engines", "2",
-         "--max-model-len", "256", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-    )
+    proc = run_benchmark(tmp_path, "engine_rollouts.py", len(ids), "--samples", "2", "--epochs", "2",
+                         "--max-tokens", "24", "--temperature", "0", "--modes", "nospec,das_flat", "--engines", "2",
+                         "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for mode in ("nospec", "das_flat"):

@@ -5,32 +5,19 @@ the engine settings it shares with ``engine_rollouts.py`` cannot break it unnoti
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from openrlhf_das.models.tiny import build_tiny_model
+from engine_fixtures import run_benchmark
 
 pytestmark = [pytest.mark.engine]
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_sync_and_partial_das_steps(tmp_path):
-    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
-    prompts = {"problems": [{"problem_id": f"q{i}", "prompt_token_ids": [(7 * i + j) % 250 + 2 for j in range(8)]}
-                            for i in range(4)]}
-    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     out = tmp_path / "pr.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "partial_rollouts.py"), "--model", str(model),
-         "--prompts-file", str(tmp_path / "prompts.json"), "--problems", "4", "--groups", "2", "--samples", "2",
-         "--steps", "3", "--max-tokens", "24", "--temperature", "0", "--max-model-len", "256",
-         "--modes", "sync,partial_das", "--das", "pad_drafts=true", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-    )
+    proc = run_benchmark(tmp_path, "partial_rollouts.py", 4, "--groups", "2", "--samples", "2", "--steps", "3",
+                         "--max-tokens", "24", "--temperature", "0", "--modes", "sync,partial_das",
+                         "--das", "pad_drafts=true", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     sync, partial = report["results"]["sync"]["steps"], report["results"]["partial_das"]["steps"]
