@@ -64,14 +64,19 @@ def test_demo_runs_both_arms_end_to_end(tmp_path, monkeypatch, capsys):
                     "--das.snapshot_every", "1"])  # problem trees only: no draft before episode 2
     assert rc == 0
     summary = json.loads((run / "summary.json").read_text())
-    steps = summary["steps"]
-    assert [s["step"] for s in steps] == [1, 2]  # 2 problems / 2 per step x 2 episodes
-    assert all(s["generation_s"]["nodas"] > 0 and s["generation_s"]["das"] > 0 for s in steps)
-    assert steps[0]["das_drafted"] == 0 and steps[1]["das_drafted"] > 0  # history from episode 1
+    off, on = summary["nodas"]["steps"], summary["das"]["steps"]
+    assert [s["step"] for s in off] == [s["step"] for s in on] == [1, 2]  # 2 problems / 2 per step x 2 episodes
+    assert [s["episode"] for s in on] == [1, 2]
+    assert all(s["generation_s"] > 0 and s["num_samples"] == 4 for s in off + on)
+    assert on[0]["das_drafted_tokens"] == 0 and on[1]["das_drafted_tokens"] > 0  # history from episode 1
+    assert on[1]["das_accept_rate"] > 0
     # greedy, lossless: the same responses with DAS on and off
-    assert all(s["response_length_mean"]["nodas"] == s["response_length_mean"]["das"] for s in steps)
-    assert all(s["reward_mean"]["nodas"] == s["reward_mean"]["das"] for s in steps)
-    assert summary["first_episode_s"]["das"] > 0 and summary["later_episodes_s"]["nodas"] > 0
+    assert [s["response_length"] for s in off] == [s["response_length"] for s in on]
+    assert [s["reward"] for s in off] == [s["reward"] for s in on]
+    compare = summary["compare"]
+    assert compare["reward_diff_das_minus_nodas"]["mean"] == 0.0
+    assert compare["arms"]["das"]["generation_s_mean"]["later"] == on[1]["generation_s"]
+    assert (run / "compare.png").is_file() and json.loads((run / "compare.json").read_text()) == compare
     for arm in demo.ARMS:
         assert (run / arm / "rollout_only.json").is_file() and (run / arm / "train.log").stat().st_size > 0
     assert (run / "das" / "das" / "acceptance.png").is_file()

@@ -15,7 +15,10 @@ comes from the earlier ones).
 
 Writes, under ``--run-dir``: ``prompts.jsonl``; ``nodas/`` and ``das/`` (each OpenRLHF's
 ``--ckpt.path``: ``rollout_only.json`` with one record per step, ``tensorboard/``, ``train.log``;
-``das/das/`` is the DAS run directory, rendered to CSV / JSON / PNG); ``summary.json``.
+``das/das/`` is the DAS run directory, rendered to CSV / JSON / PNG); ``compare.png`` /
+``compare.json`` (both arms per step: reward, response length, generation time; das/nodas ratios
+and the per-step reward difference with its standard error, ``openrlhf_das.reports.arms``);
+``summary.json`` (settings, per-step rows of both arms, that comparison).
 
 CPU timings are indicative only: a CPU forward pass is compute-bound, so verifying drafts is not
 nearly free as it is on a GPU in the long tail.
@@ -105,26 +108,6 @@ def _run_arm(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"demo: the run failed (exit {rc}); last lines of {log}:\n" + "\n".join(tail))
 
 
-def summarize(logs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per-step pairs and totals of OpenRLHF's ``timing/generation`` (s) for both arms; episode 1
-    (no history yet) is reported apart from the later episodes."""
-    steps = []
-    for off, on in zip(logs["nodas"], logs["das"]):
-        steps.append({
-            "step": off["step"],
-            "generation_s": {"nodas": off["timing/generation"], "das": on["timing/generation"]},
-            "reward_mean": {"nodas": off["rollout/reward_mean"], "das": on["rollout/reward_mean"]},
-            "response_length_mean": {"nodas": off["rollout/response_length_mean"],
-                                     "das": on["rollout/response_length_mean"]},
-            "das_drafted": on.get("das/drafted", 0.0), "das_acceptance_rate": on.get("das/acceptance_rate", 0.0),
-        })
-    return {"steps": steps}
-
-
-def _totals(steps: list[dict[str, Any]]) -> tuple[float, float]:
-    return (sum(s["generation_s"]["nodas"] for s in steps), sum(s["generation_s"]["das"] for s in steps))
-
-
 def main(argv: list[str] | None = None) -> int:
     args, das_flags = parse_args(argv)  # a bad option fails here, before the model is built
     run_dir = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -138,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..integrations.openrlhf.data_recipes import openrlhf_rows, write_jsonl
     from ..models.registry import materialize
     from ..reports import render
+    from ..reports.arms import plot, read_das_run_dir, step_rows
 
     rows = openrlhf_rows("math500", args.problems, None)
     if len(rows) < args.problems:
@@ -156,31 +140,38 @@ def main(argv: list[str] | None = None) -> int:
         logs[arm] = json.loads((ckpt / "rollout_only.json").read_text())
         print(f"[demo] {arm}: {len(logs[arm])} steps in {time.perf_counter() - start:.0f} s (incl. start-up)", flush=True)
 
-    summary = summarize(logs)
-    steps = summary["steps"]
     per_episode = args.problems // args.prompts_per_step
-    first, later = steps[:per_episode], steps[per_episode:]
-    summary.update(model=model, problems=args.problems, samples=args.samples, episodes=args.episodes,
-                   max_tokens=args.max_tokens, temperature=args.temperature, device="cpu",
-                   das_flags=das_flags, first_episode_s=dict(zip(ARMS, _totals(first))),
-                   later_episodes_s=dict(zip(ARMS, _totals(later))))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    das_run_dir = Path(split_argv(das_flags).integration.get("run_dir") or run_dir / "das" / "das")
+    arms = {arm: {"arm": arm, "steps_per_episode": per_episode,
+                  "steps": step_rows({int(r["step"]): r for r in logs[arm]},
+                                     read_das_run_dir(das_run_dir) if arm == "das" else [], per_episode)}
+            for arm in ARMS}
+    compare = plot(arms["nodas"], arms["das"], str(run_dir / "compare"), title="make demo (CPU, rollout-only)")
+    meta = dict(model=model, problems=args.problems, samples=args.samples, prompts_per_step=args.prompts_per_step,
+                episodes=args.episodes, max_tokens=args.max_tokens, temperature=args.temperature, device="cpu",
+                das_flags=das_flags)
+    (run_dir / "summary.json").write_text(json.dumps({"meta": meta, **arms, "compare": compare}, indent=2))
 
     print(f"\n{args.problems} MATH-500 problems x {args.samples} samples, {args.prompts_per_step} prompts/step, "
           f"T={args.temperature}, max {args.max_tokens} new tokens, {args.episodes} episodes (CPU, rollout-only)")
     print(f"{'step':>4} {'gen s off':>9} {'gen s DAS':>9} {'ratio':>6} {'reward off/DAS':>15} "
           f"{'length off/DAS':>15} {'drafted':>8} {'accept':>7}")
-    for s in steps:
-        g, r, n = s["generation_s"], s["reward_mean"], s["response_length_mean"]
-        print(f"{s['step']:>4} {g['nodas']:9.2f} {g['das']:9.2f} {g['das'] / g['nodas']:6.2f} "
-              f"{r['nodas']:7.2f}/{r['das']:<7.2f} {n['nodas']:7.1f}/{n['das']:<7.1f} "
-              f"{s['das_drafted']:8.0f} {s['das_acceptance_rate']:7.2f}")
-    for name, part in (("episode 1 (no history)", first), ("later episodes", later)):
-        if part:
-            off, on = _totals(part)
-            print(f"{name}: generation {off:.1f} s without DAS, {on:.1f} s with DAS ({on / off:.2f}x; CPU, indicative)")
-    paths = render(split_argv(das_flags).integration.get("run_dir") or run_dir / "das" / "das")
-    print(f"summary: {run_dir / 'summary.json'}\nDAS report: {paths['json']}, {paths['csv']}, {paths['png']}")
+    for off, on in zip(arms["nodas"]["steps"], arms["das"]["steps"]):
+        print(f"{off['step']:>4} {off['generation_s']:9.2f} {on['generation_s']:9.2f} "
+              f"{on['generation_s'] / off['generation_s']:6.2f} {off['reward']:7.2f}/{on['reward']:<7.2f} "
+              f"{off['response_length']:7.1f}/{on['response_length']:<7.1f} "
+              f"{on.get('das_drafted_tokens') or 0:8.0f} {on.get('das_accept_rate') or 0:7.2f}")
+    gen = {arm: compare["arms"][arm]["generation_s_mean"] for arm in ARMS}
+    for name, part in (("episode 1 (no history)", "first"), ("later episodes", "later")):
+        if gen["nodas"][part] and gen["das"][part]:
+            print(f"{name}: generation {gen['nodas'][part]:.1f} s/step without DAS, {gen['das'][part]:.1f} s/step "
+                  f"with DAS ({gen['das'][part] / gen['nodas'][part]:.2f}x; CPU, indicative)")
+    noise = compare["reward_diff_das_minus_nodas"]
+    if noise["stderr"] is not None:
+        print(f"reward, DAS - stock per step: {noise['mean']:+.3f} +- {noise['stderr']:.3f} (standard error)")
+    paths = render(das_run_dir)
+    print(f"summary: {run_dir / 'summary.json'}, comparison plot: {run_dir / 'compare.png'}\n"
+          f"DAS report: {paths['json']}, {paths['csv']}, {paths['png']}")
     return 0
 
 
