@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's openrlhf_das
-from openrlhf_das.reports.arms import (  # noqa: E402
-    column, das_columns, mean_of, plot, read_das_run_dir, step_rows, write_csv,
-)
+from openrlhf_das.reports import iter_records  # noqa: E402
+from openrlhf_das.reports.arms import column, das_columns, mean_of, plot, step_rows, write_csv  # noqa: E402
 
 _STEP_LINE = re.compile(r"Global step (\d+): (\{.*\})\s*$")
 
@@ -91,7 +90,7 @@ def extract(arm: str, log: str | None, tb: str | None, das_run_dir: str | None, 
                    (from_tensorboard(tb) if tb and os.path.isdir(tb) else {})):
         for step, status in source.items():
             merged.setdefault(step, {}).update(status)
-    das_records = read_das_run_dir(das_run_dir) if das_run_dir else []
+    das_records = list(iter_records(das_run_dir)) if das_run_dir else []
     return {"arm": arm, "steps_per_episode": steps_per_episode,
             "steps": step_rows(merged, das_records, steps_per_episode),
             "das_steps": [{k: r.get(k) for k in ("step", "mode", "rollout_seconds", "output_tokens")}

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..integrations.openrlhf.data_recipes import openrlhf_rows, write_jsonl
     from ..models.registry import materialize
-    from ..reports import render
-    from ..reports.arms import plot, read_das_run_dir, step_rows
+    from ..reports import iter_records, render
+    from ..reports.arms import plot, step_rows
 
     rows = openrlhf_rows("math500", args.problems, None)
     if len(rows) < args.problems:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     das_run_dir = Path(split_argv(das_flags).integration.get("run_dir") or run_dir / "das" / "das")
     arms = {arm: {"arm": arm, "steps_per_episode": per_episode,
                   "steps": step_rows({int(r["step"]): r for r in logs[arm]},
-                                     read_das_run_dir(das_run_dir) if arm == "das" else [], per_episode)}
+                                     list(iter_records(das_run_dir)) if arm == "das" else [], per_episode)}
             for arm in ARMS}
     compare = plot(arms["nodas"], arms["das"], str(run_dir / "compare"), title="make demo (CPU, rollout-only)")
     meta = dict(model=model, problems=args.problems, samples=args.samples, prompts_per_step=args.prompts_per_step,

@@ -4,8 +4,8 @@ das/nodas ratios and a reward-noise estimate, and a comparison plot.
 Used by ``make demo`` (rollout-only on CPU) and ``benchmarks/gpu/grpo_plot.py`` (GRPO on GPU).
 Input: OpenRLHF's per-step status dicts (``timing/generation`` in seconds,
 ``rollout/reward_mean``, ``rollout/response_length_mean`` in tokens, ...) keyed by global step
-(1-based), and optionally the DAS run directory's step records (``steps.jsonl``), lined up with
-OpenRLHF's steps by order. Rows hold the columns of :data:`COLUMNS`; episodes are numbered from 1.
+(1-based), and optionally the DAS run directory's step records (``reports.iter_records``),
+lined up with OpenRLHF's steps by order. Rows hold the columns of :data:`COLUMNS`; episodes are numbered from 1.
 """
 
 from __future__ import annotations
@@ -69,20 +69,6 @@ def step_rows(statuses: Mapping[int, Mapping[str, Any]], das_records: Sequence[M
             row.update(das_columns(das_order[i]))
         rows.append(row)
     return rows
-
-
-def read_das_run_dir(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The DAS run directory's step records (``steps.jsonl``; a torn last line is skipped)."""
-    path = Path(run_dir) / "steps.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def write_csv(data: dict, path: str | Path) -> None:
