@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         resolve(parsed)
     except ValueError as exc:  # UsageError, DASConfigError: the message names the option
         p.error(f"bad DAS option: {exc}")
+    args.das_run_dir = parsed.integration.get("run_dir")  # --das.run_dir; None: <das ckpt>/das
     return args, das_flags
 
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] {arm}: {len(logs[arm])} steps in {time.perf_counter() - start:.0f} s (incl. start-up)", flush=True)
 
     per_episode = args.problems // args.prompts_per_step
-    das_run_dir = Path(split_argv(das_flags).integration.get("run_dir") or run_dir / "das" / "das")
+    das_run_dir = Path(args.das_run_dir or run_dir / "das" / "das")
     arms = {arm: {"arm": arm, "steps_per_episode": per_episode,
                   "steps": step_rows({int(r["step"]): r for r in logs[arm]},
                                      list(iter_records(das_run_dir)) if arm == "das" else [], per_episode)}
