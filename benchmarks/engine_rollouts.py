@@ -132,12 +132,15 @@ def run_child(args) -> None:
     mode = args.child
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
-        if args.tensor_parallel > 1:  # vLLM's CPU backend binds each worker to a NUMA node unless told
-            cpus = sorted(os.sched_getaffinity(0))[: args.tensor_parallel]
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(map(str, cpus)))
     if mode != "nospec":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
     from vllm import LLM, SamplingParams
+
+    from openrlhf_das.engines.vllm.factory import cpu_threads_bind
+
+    bind = cpu_threads_bind(args.tensor_parallel) if args.device == "cpu" and args.tensor_parallel > 1 else None
+    if bind:  # read when the engine starts its workers, after this
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
 
     from openrlhf_das.engines.vllm.epochs import run_epochs
 

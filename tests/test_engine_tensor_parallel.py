@@ -21,7 +21,7 @@ from vllm import SamplingParams
 from engine_fixtures import corrupt, running_llm, snapshot_bytes, token_ids
 from openrlhf_das.config import DASConfig
 from openrlhf_das.engines.vllm.epochs import ranks_agree
-from openrlhf_das.engines.vllm.factory import with_das_metadata
+from openrlhf_das.engines.vllm.factory import cpu_threads_bind, with_das_metadata
 from openrlhf_das.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.engine
@@ -36,11 +36,11 @@ TP = dict(in_process=False, tensor_parallel_size=2, distributed_executor_backend
 
 @pytest.fixture(scope="module")
 def tp_env(tmp_path_factory):
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    bind = cpu_threads_bind(2)
+    if bind is None:
         pytest.skip("TP = 2 on vLLM's CPU backend needs two cores (one per worker)")
     saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{cpus[0]}|{cpus[1]}"
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     yield str(build_tiny_model(tmp_path_factory.mktemp("tiny"), vocab_size=VOCAB))
     if saved is None:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)

@@ -83,3 +83,11 @@ def with_das_metadata(
     extra["das"] = das
     sp.extra_args = extra
     return sp
+
+
+def cpu_threads_bind(tensor_parallel: int) -> str | None:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for a tensor-parallel engine on vLLM's CPU backend: one core
+    per worker (``"0|1"``), from this process's CPU affinity; None when there are fewer cores than
+    workers. vLLM otherwise binds each worker to a NUMA node and refuses more workers than nodes."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return "|".join(map(str, cpus[:tensor_parallel])) if len(cpus) >= tensor_parallel else None
