@@ -15,10 +15,9 @@
 # replays a captured graph; since every step then pays for k draft tokens, every request drafts k).
 #
 # Default size: 24 prompts x 5 episodes / 4 prompts per step = 30 steps, 8 samples per prompt
-# (32 per step), <= 1024 new tokens, T = 1.0. Measured on one H100 (docs/gpu.md, session 2) with
-# 8 prompts per step: start ~2 min, then 19-20 s a step (generation ~10 s, training ~6 s,
-# broadcast ~2 s); 4 prompts per step halve the training part, so an arm should fit one or two
-# calls (the second with RESUME=1) of a 30-minute device budget that also holds the bring-up.
+# (32 per step), <= 512 new tokens, T = 1.0. Measured on one H200 (docs/gpu.md, session 4): start
+# ~2 min, then ~10 s a step (generation ~5 s, training ~2.5 s, broadcast ~1.7 s); an arm took
+# 406-457 s, so the bring-up (~130 s) and both arms fit one 30-minute device budget.
 # Memory: the defaults (engine 0.25 of the GPU, micro-batches 2/4) leave room for the
 # 151,936-entry logits; 0.5 / 8 ran out of memory in the first backward pass.
 # Knobs (env): PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
@@ -49,7 +48,7 @@ took() { awk -v n="$1" -v a="$2" -v b="$(date +%s.%N)" 'BEGIN { printf "[time] %
 MODEL=${MODEL:-$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct}
 DATA=${DATA:-$REPO/benchmarks/gpu/prompts/math_train_grpo.jsonl}
 PROMPTS=${PROMPTS:-24}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-4}; N_SAMPLES=${N_SAMPLES:-8}
-MAX_NEW=${MAX_NEW:-1024}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e-6}
+MAX_NEW=${MAX_NEW:-512}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e-6}
 GPU_UTIL=${GPU_UTIL:-0.25}; MICRO_TRAIN=${MICRO_TRAIN:-2}; MICRO_ROLLOUT=${MICRO_ROLLOUT:-4}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 SAVE_STEPS=${SAVE_STEPS:-10}; TIME_LIMIT=${TIME_LIMIT:-530}; RESUME=${RESUME:-0}

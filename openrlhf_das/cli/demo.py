@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{off['response_length']:7.1f}/{on['response_length']:<7.1f} "
               f"{on.get('das_drafted_tokens') or 0:8.0f} {on.get('das_accept_rate') or 0:7.2f}")
     gen = {arm: compare["arms"][arm]["generation_s_mean"] for arm in ARMS}
+    # timing means start after the cold first step (reports.arms.WARMUP_STEPS)
     for name, part in (("episode 1 (no history)", "first"), ("later episodes", "later")):
         if gen["nodas"][part] and gen["das"][part]:
             print(f"{name}: generation {gen['nodas'][part]:.1f} s/step without DAS, {gen['das'][part]:.1f} s/step "
