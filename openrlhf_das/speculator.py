@@ -11,6 +11,8 @@ class, so what is measured offline is what runs in the engine. Requests that get
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -20,6 +22,8 @@ from .config import DASConfig, LengthClass
 from .drafter import Draft, Drafter, DraftRequest, HistoryIndex, HistorySnapshot
 from .drafter.suffix_tree import EMPTY_DRAFT
 from .policy import AcceptanceTracker, CostModelGate, CostTable, MaxRunningGate, apply_quota, assign_length_classes, promote
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +75,10 @@ class DASSpeculator:
         self.classes: dict[str, LengthClass] = {}
         self.gated_steps = 0
         self.steps = 0
+        self.snapshot_incremental = 0
+        self.snapshot_full = 0
+        self.snapshot_faults = 0
+        self.last_snapshot_seconds = 0.0
         self.reconfigure(config)
 
     def reconfigure(self, config: DASConfig) -> None:
@@ -96,11 +104,30 @@ class DASSpeculator:
         return HistoryIndex(c.max_depth, c.window, c.history_max_tokens, c.use_global_tree)
 
     def load_snapshot(self, snapshot: HistorySnapshot, classes: Mapping[str, LengthClass] | None = None) -> None:
-        """Build the index of ``snapshot`` and swap it in; classes default to a ranking of the
-        snapshot's problems by their past lengths."""
+        """Make ``snapshot`` the history and swap it in; classes default to a ranking of the
+        snapshot's problems by their past lengths.
+
+        The current index is updated in place (``HistorySnapshot.update_index``: only changed
+        (problem, step) buckets are rebuilt) when its shape matches the config; otherwise, or if
+        the update fails (counted in ``snapshot_faults``), a fresh index is built."""
+        t0 = time.perf_counter()
         c = self.config
-        index = snapshot.build_index(c.max_depth, c.window, c.history_max_tokens, c.use_global_tree)
+        index = self.drafter.history
+        shape = (c.max_depth, c.window, c.history_max_tokens, c.use_global_tree)
+        counts = None
+        if (index.max_depth, index.window, index.max_tokens, index.global_tree is not None) == shape:
+            try:
+                counts = snapshot.update_index(index)
+            except Exception:  # noqa: BLE001 - a half-updated index is dropped for a fresh build
+                self.snapshot_faults += 1
+                logger.exception("DAS: incremental history update failed; building the index afresh")
+        if counts is None:
+            index = snapshot.build_index(*shape)
+            self.snapshot_full += 1
+        else:
+            self.snapshot_incremental += 1
         self.swap(index, snapshot.next_step, classes)
+        self.last_snapshot_seconds = time.perf_counter() - t0
 
     def swap(self, index: HistoryIndex, live_step: int, classes: Mapping[str, LengthClass] | None = None) -> None:
         if classes is None:
@@ -189,4 +216,8 @@ class DASSpeculator:
             "steps": self.steps,
             "gated_steps": self.gated_steps,
             "active_requests": len(self.drafter.active_requests),
+            "snapshot_incremental": self.snapshot_incremental,
+            "snapshot_full": self.snapshot_full,
+            "snapshot_faults": self.snapshot_faults,
+            "last_snapshot_seconds": self.last_snapshot_seconds,
         }

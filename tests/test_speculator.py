@@ -180,3 +180,34 @@ def test_without_siblings_live_text_is_not_a_source() -> None:
     x = list(range(9000, 9030))
     out = spec.step([request("A", "p0", x[:20], variant=1), request("B", "p0", x[:8], variant=2)])
     assert out == [[], []]
+
+
+def test_next_snapshot_updates_the_index_in_place_and_drops_live_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step boundary: the engine's index is updated, not rebuilt (only changed buckets), in-flight
+    sibling text leaves it as it would with a fresh index, and drafting follows the new history.
+    A failing in-place update falls back to a fresh build and is counted."""
+    spec = speculator()
+    assert (spec.snapshot_full, spec.snapshot_incremental) == (0, 1)  # filled the empty index
+    index = spec.drafter.history
+    x = list(range(9000, 9200))
+    spec.step([request("A", "p0", x[:100], variant=1)])  # A's live text enters p0's tree
+    assert index.stats().live_sequences == 1
+    # step 2: p0 now answers with new text; every other problem as before
+    new = list(range(7000, 7060))
+    rollouts = [Rollout(r.problem_id, r.step, r.tokens) for r in snapshot().rollouts()]
+    rollouts += [Rollout("p0", 2, np.array(new, np.int32)) for _ in range(2)]
+    spec.load_snapshot(HistorySnapshot.from_rollouts(rollouts, next_step=3))
+    assert spec.drafter.history is index and (spec.snapshot_full, spec.snapshot_incremental) == (0, 2)
+    assert index.stats().live_sequences == 0 and index.steps_of("p0") == [0, 1, 2]
+    assert spec.stats()["snapshot_incremental"] == 2 and spec.stats()["last_snapshot_seconds"] > 0
+    assert spec.step([request("B", "p0", new[:8], variant=2)]) == [new[8:12]]  # drafts from step 2
+    assert spec.step([request("C", "p0", x[:8], variant=3)]) == [[]]  # A's live text is gone
+
+    def broken(self: HistorySnapshot, index: HistoryIndex) -> None:
+        raise RuntimeError("planted fault")
+
+    monkeypatch.setattr(HistorySnapshot, "update_index", broken)
+    spec.load_snapshot(snapshot())
+    assert spec.snapshot_faults == 1 and spec.snapshot_full == 1 and spec.drafter.history is not index
+    assert spec.drafter.history.steps_of("p0") == [0, 1]
+    assert spec.step([request("D", "p0", response("p0")[:8], variant=4)]) == [response("p0")[8:12]]

@@ -34,6 +34,9 @@ RSS growth in ``benchmarks/history_memory.py`` (2026-11-25, 10^7 tokens streamed
 class _Step:
     step: int
     seq_ids: list[int] = field(default_factory=list)
+    digest: bytes | None = None
+    """Content digest of the finished responses when the bucket came whole from a snapshot
+    (``HistorySnapshot.update_index``); None once anything else touched it."""
 
 
 @dataclass
@@ -143,6 +146,7 @@ class HistoryIndex:
             return -1
         seq_id = self._new_seq(problem_id, arr.size)
         bucket.seq_ids.append(seq_id)
+        bucket.digest = None
         if arr.size:
             prob.tree.extend_ndarray(seq_id, arr)
             if self._global is not None:
@@ -165,6 +169,7 @@ class HistoryIndex:
                 return
             seq_id = self._new_seq(problem_id, 0)
             bucket.seq_ids.append(seq_id)
+            bucket.digest = None
             prob.live[key] = seq_id
             self._live_ids.add(seq_id)
         if arr.size:
@@ -202,14 +207,45 @@ class HistoryIndex:
         prob.live = {k: v for k, v in prob.live.items() if v != seq_id}
 
     def evict_problem(self, problem_id: str) -> None:
+        if self.discard_problem(problem_id):
+            self._evicted += 1
+
+    def discard_problem(self, problem_id: str) -> bool:
+        """Remove a problem and all its sequences (not counted as an eviction); False if absent."""
         prob = self._problems.get(problem_id)
         if prob is None:
-            return
+            return False
         for s in list(prob.steps):
             for seq_id in list(s.seq_ids):
                 self.remove(seq_id)
         del self._problems[problem_id]
-        self._evicted += 1
+        return True
+
+    def drop_live(self) -> None:
+        """Remove every in-flight sequence. (Finished siblings kept by ``finish_live`` sit in a
+        bucket whose digest is None, which ``HistorySnapshot.update_index`` rebuilds.)"""
+        for problem_id, prob in list(self._problems.items()):
+            for key in list(prob.live):
+                self.finish_live(problem_id, key, keep=False)
+
+    def buckets(self, problem_id: str) -> list[tuple[int, bytes | None]]:
+        """``(step, digest)`` of the problem's step buckets, ascending by step."""
+        prob = self._problems.get(problem_id)
+        return [(b.step, b.digest) for b in prob.steps] if prob else []
+
+    def drop_step(self, problem_id: str, step: int) -> None:
+        """Remove the problem's responses of ``step`` (no-op when it holds none)."""
+        prob = self._problems.get(problem_id)
+        bucket = next((b for b in prob.steps if b.step == step), None) if prob else None
+        if bucket is not None:
+            self._drop_step(prob, bucket)
+
+    def set_digest(self, problem_id: str, step: int, digest: bytes) -> None:
+        """Mark the problem's bucket of ``step`` as holding exactly the content of ``digest``."""
+        prob = self._problems.get(problem_id)
+        for b in prob.steps if prob else []:
+            if b.step == step:
+                b.digest = digest
 
     # ------------------------------------------------------------------ internals
     def _problem(self, problem_id: str) -> _Problem:

@@ -8,6 +8,7 @@ engine does at each step boundary.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -86,12 +87,67 @@ class HistorySnapshot:
         return HistorySnapshot.from_rollouts([r for r in self.rollouts() if r.problem_id in keep_problem], self.next_step)
 
     def build_index(self, max_depth: int, window: int, max_tokens: int, global_tree: bool) -> HistoryIndex:
-        """A fresh :class:`HistoryIndex` holding this snapshot (oldest steps inserted first)."""
+        """A fresh :class:`HistoryIndex` holding this snapshot (oldest steps inserted first), its
+        buckets marked with their content digests so that :meth:`update_index` can reuse them."""
         index = HistoryIndex(max_depth=max_depth, window=window, max_tokens=max_tokens, global_tree=global_tree)
         for i in np.argsort(self.steps, kind="stable"):
             lo, hi = self.offsets[i], self.offsets[i + 1]
             index.add_rollout(self.problem_ids[int(self.problem_index[i])], int(self.steps[i]), self.tokens[lo:hi])
+        for pid, by_step in self._groups().items():
+            for step, rows in by_step.items():
+                index.set_digest(pid, step, self._digest(rows))  # buckets are whole (cap drops whole steps)
         return index
+
+    def update_index(self, index: HistoryIndex) -> dict[str, int] | None:
+        """Bring ``index`` to what :meth:`build_index` would build from this snapshot, touching
+        only the (problem, step) buckets whose content changed; returns counts ``{"kept",
+        "added", "dropped"}`` of buckets, or None when the index cannot be updated (the snapshot
+        exceeds its token cap, whose evictions depend on insertion order: build afresh).
+
+        Between RL steps a snapshot differs from the previous one by the new step's responses
+        and the steps that left the window, so this costs O(new tokens) instead of
+        O(history) — rebuilding every tree at every step boundary grew with the history and sat
+        in the trainer's critical path (``docs/gpu.md``, GRPO run of 2026-12-04). In-flight
+        sibling sequences are removed, as a fresh index has none. A bucket is kept only if its
+        content digest (BLAKE2b of the response lengths and tokens) matches; the trees then hold
+        the same responses as a fresh build (other sequence ids, same contents).
+        """
+        if self.num_tokens > index.max_tokens:
+            return None
+        groups = self._groups()
+        index.drop_live()
+        for pid in [p for p in index.problem_ids() if p not in groups]:
+            index.discard_problem(pid)
+        counts = {"kept": 0, "added": 0, "dropped": 0}
+        for pid, by_step in groups.items():
+            wanted = {step: self._digest(rows) for step, rows in sorted(by_step.items())[-index.window :]}
+            for step, digest in index.buckets(pid):
+                if wanted.get(step) == digest and digest is not None:
+                    counts["kept"] += 1
+                    wanted.pop(step)
+                else:
+                    index.drop_step(pid, step)
+                    counts["dropped"] += 1
+            for step, digest in wanted.items():  # ascending
+                for i in by_step[step]:
+                    index.add_rollout(pid, step, self.tokens[self.offsets[i] : self.offsets[i + 1]])
+                index.set_digest(pid, step, digest)
+                counts["added"] += 1
+        return counts
+
+    def _groups(self) -> dict[str, dict[int, list[int]]]:
+        """Row numbers by problem id, then step (ascending), in :meth:`build_index`'s insertion order."""
+        groups: dict[str, dict[int, list[int]]] = {}
+        for i in np.argsort(self.steps, kind="stable"):
+            groups.setdefault(self.problem_ids[int(self.problem_index[i])], {}).setdefault(int(self.steps[i]), []).append(int(i))
+        return groups
+
+    def _digest(self, rows: list[int]) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.asarray([self.offsets[i + 1] - self.offsets[i] for i in rows], np.int64).tobytes())
+        for i in rows:
+            h.update(self.tokens[self.offsets[i] : self.offsets[i + 1]].tobytes())
+        return h.digest()
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_npz_bytes(self) -> bytes:
