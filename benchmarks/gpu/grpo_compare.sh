@@ -20,7 +20,10 @@
 # 406-457 s, so the bring-up (~130 s) and both arms fit one 30-minute device budget.
 # Memory: the defaults (engine 0.25 of the GPU, micro-batches 2/4) leave room for the
 # 151,936-entry logits; 0.5 / 8 ran out of memory in the first backward pass.
-# Knobs (env): PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
+# Several GPUs (the multi-GPU issue): ENGINES=N runs N engines, one per GPU, and an N-GPU actor,
+# all colocated; with --das, problems stick to engines (engine_for_problem) and each engine gets
+# its problems' history. Short run: PROMPTS=16 EPISODES=3 (12 steps).
+# Knobs (env): ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
 # MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
 # then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
 # checkpoint) DRY_RUN (print the command only) MODEL DATA GRPO_WORK (/tmp/grpo).
@@ -52,6 +55,8 @@ MAX_NEW=${MAX_NEW:-512}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e
 GPU_UTIL=${GPU_UTIL:-0.25}; MICRO_TRAIN=${MICRO_TRAIN:-2}; MICRO_ROLLOUT=${MICRO_ROLLOUT:-4}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 SAVE_STEPS=${SAVE_STEPS:-10}; TIME_LIMIT=${TIME_LIMIT:-530}; RESUME=${RESUME:-0}
+ENGINES=${ENGINES:-1}   # GPUs: N vLLM engines (one per GPU) colocated with an N-GPU ZeRO-2 actor
+case "$ENGINES" in ''|*[!0-9]*|0) echo "ENGINES must be a positive integer (got '$ENGINES')" >&2; exit 2 ;; esac
 WORK=${GRPO_WORK:-/tmp/grpo}/$ARM
 RES=${OUT:-$WORK/out}/grpo/$ARM
 SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
@@ -66,9 +71,9 @@ export RAY_DEDUP_LOGS=0 RAY_USAGE_STATS_ENABLED=0
 
 REWARD=$(cd "$REPO" && "$PY" -m openrlhf_das.integrations.openrlhf.reward_funcs math) || REWARD=$REPO/openrlhf_das/integrations/openrlhf/reward_funcs/math_reward_func.py
 args=(
-  --ref.num_nodes 1 --ref.num_gpus_per_node 1
-  --actor.num_nodes 1 --actor.num_gpus_per_node 1
-  --vllm.num_engines 1 --vllm.tensor_parallel_size 1
+  --ref.num_nodes 1 --ref.num_gpus_per_node "$ENGINES"
+  --actor.num_nodes 1 --actor.num_gpus_per_node "$ENGINES"
+  --vllm.num_engines "$ENGINES" --vllm.tensor_parallel_size 1
   --train.colocate_all --vllm.gpu_memory_utilization "$GPU_UTIL" --vllm.sync_backend nccl
   --algo.advantage.estimator group_norm --algo.kl.init_coef 0
   --actor.model_name_or_path "$MODEL"
@@ -92,7 +97,7 @@ args=(
                            --das.gate.mode off --das.length_policy false --das.flat_budget.tokens 4
                            --das.run_dir "$WORK/ckpt/das")
 cmd=("$PY" -m openrlhf_das.cli.train "${args[@]}")
-echo "[grpo] $ARM: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW"
+echo "[grpo] $ARM: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW, engines=$ENGINES"
 echo "[grpo] ${cmd[*]}"
 [ -n "${DRY_RUN:-}" ] && exit 0
 

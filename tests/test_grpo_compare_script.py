@@ -1,0 +1,64 @@
+"""``benchmarks/gpu/grpo_compare.sh`` (the GPU GRPO comparison) in its dry-run mode: both arms
+run the same OpenRLHF command apart from the DAS flags, and the knobs reach OpenRLHF's flags.
+(The run itself needs a GPU and runs only on the GPU machine: docs/gpu.md.)"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "grpo_compare.sh"
+
+
+def _command(arm: str, **env: str) -> list[str]:
+    proc = subprocess.run(["bash", str(SCRIPT), arm], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DRY_RUN": "1", **env})
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("[grpo] ") and " -m openrlhf_das.cli.train " in x)
+    return shlex.split(line[len("[grpo] "):])
+
+
+def _flags(cmd: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    i = cmd.index("openrlhf_das.cli.train") + 1
+    while i < len(cmd):
+        key = cmd[i]
+        value = cmd[i + 1] if i + 1 < len(cmd) and not cmd[i + 1].startswith("--") else None
+        out[key] = value
+        i += 1 if value is None else 2
+    return out
+
+
+def test_arms_differ_only_by_das_flags() -> None:
+    nodas, das = _flags(_command("nodas")), _flags(_command("das"))
+    extra = {k: v for k, v in das.items() if k not in nodas}
+    assert set(extra) == {"--das", "--das.config", "--das.pad_drafts", "--das.gate.mode", "--das.length_policy",
+                          "--das.flat_budget.tokens", "--das.run_dir"}
+    shared = {k: v for k, v in das.items() if k in nodas}
+    # the per-arm paths differ (work dir, run name); every other OpenRLHF flag is identical
+    per_arm = {"--ckpt.output_dir", "--ckpt.path", "--logger.tensorboard_dir", "--logger.wandb.run_name"}
+    assert {k: v for k, v in shared.items() if k not in per_arm} == {k: v for k, v in nodas.items() if k not in per_arm}
+    assert set(nodas) - set(das) == set()
+    assert nodas["--rollout.temperature"] == "1.0" and nodas["--rollout.max_new_tokens"] == "512"
+    assert int(nodas["--train.batch_size"]) == 4 * 8 and nodas["--train.seed"] == "42"
+
+
+def test_engines_knob_sets_engine_and_actor_gpus() -> None:
+    flags = _flags(_command("das", ENGINES="2", PROMPTS="16", EPISODES="3"))
+    assert flags["--vllm.num_engines"] == flags["--actor.num_gpus_per_node"] == flags["--ref.num_gpus_per_node"] == "2"
+    assert "--train.colocate_all" in flags and flags["--data.max_samples"] == "16"
+    assert flags["--train.num_episodes"] == "3"
+
+
+@pytest.mark.parametrize("bad", ["0", "x", ""])
+def test_bad_engines_value_is_refused(bad: str) -> None:
+    proc = subprocess.run(["bash", str(SCRIPT), "das"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DRY_RUN": "1", "ENGINES": bad})
+    if bad == "":  # empty = unset: the default (1)
+        assert proc.returncode == 0
+    else:
+        assert proc.returncode == 2 and "ENGINES must be a positive integer" in proc.stderr
