@@ -73,7 +73,9 @@ def test_tp2_das_engine_is_lossless_and_ranks_agree(tp_env):
 
 
 def test_ranks_agree_ignores_wall_time_only():
-    rank = {"propose_seconds": 0.5, "steps": 3, "acceptance": {"total": {"drafted": 8, "accepted": 5}}}
-    assert ranks_agree([rank, {**rank, "propose_seconds": 0.7}])
+    rank = {"propose_seconds": 0.5, "last_snapshot_seconds": 0.01, "snapshot_incremental": 2, "steps": 3,
+            "acceptance": {"total": {"drafted": 8, "accepted": 5}}}
+    assert ranks_agree([rank, {**rank, "propose_seconds": 0.7, "last_snapshot_seconds": 0.02}])
+    assert not ranks_agree([rank, {**rank, "snapshot_incremental": 1}])
     assert not ranks_agree([rank, {**rank, "acceptance": {"total": {"drafted": 8, "accepted": 4}}}])
     assert not ranks_agree([rank, {**rank, "steps": 4}])

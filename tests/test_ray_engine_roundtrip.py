@@ -53,5 +53,8 @@ def test_rollouts_to_engine_drafts(ray_cluster, tmp_path) -> None:
     assert second["drafted"] > 0 and second["accepted"] > 0
     assert second["acceptance_rate"] > 0.9  # greedy: the same responses again
     assert recs[1]["rollouts"]["policy_versions"] == [1, 1] and recs[1]["history"]["tokens"] == 2 * 8 * 48
+    # the engine updated its index in place at both boundaries (no full rebuild, no fault)
+    assert recs[1]["das"]["snapshot_incremental"] == 1 and recs[1]["das"]["snapshot_full"] == 0
+    assert recs[1]["das"]["snapshot_faults"] == 0 and recs[1]["das"]["last_snapshot_seconds"] > 0
     paths = render(tmp_path / "run", tensorboard=False)
     assert all(paths[k].stat().st_size > 0 for k in ("csv", "json", "png"))

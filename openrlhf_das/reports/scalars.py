@@ -11,6 +11,9 @@ Names (all optional; a scalar is present only when its source is known):
 * ``das/engine_history_tokens``, ``das/engine_history_bytes`` (summed over engines, estimated)
 * ``das/actor_history_tokens``, ``das/actor_history_bytes`` (the history actor's store)
 * ``das/faults``, ``das/engine_faults``, ``das/propose_seconds``
+* ``das/snapshot_faults`` (incremental history updates that failed and were rebuilt),
+  ``das/last_snapshot_seconds`` (the engines' last history swap before this step's record,
+  summed over engines: time the trainer waited at the step boundary)
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def step_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         out["das/engine_history_tokens"] = float(hist["tokens"])
     if "estimated_bytes" in hist:
         out["das/engine_history_bytes"] = float(hist["estimated_bytes"])
-    for k in ("faults", "engine_faults", "propose_seconds"):
+    for k in ("faults", "engine_faults", "propose_seconds", "snapshot_faults", "last_snapshot_seconds"):
         if k in das:
             out[f"das/{k}"] = float(das[k])
     actor = record.get("history") or {}
