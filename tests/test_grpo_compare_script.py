@@ -14,9 +14,13 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "grpo_compare.sh"
 
 
-def _command(arm: str, **env: str) -> list[str]:
-    proc = subprocess.run(["bash", str(SCRIPT), arm], capture_output=True, text=True, timeout=60,
+def _dry_run(arm: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), arm], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DRY_RUN": "1", **env})
+
+
+def _command(arm: str, **env: str) -> list[str]:
+    proc = _dry_run(arm, **env)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("[grpo] ") and " -m openrlhf_das.cli.train " in x)
     return shlex.split(line[len("[grpo] "):])
@@ -56,8 +60,7 @@ def test_engines_knob_sets_engine_and_actor_gpus() -> None:
 
 @pytest.mark.parametrize("bad", ["0", "x", ""])
 def test_bad_engines_value_is_refused(bad: str) -> None:
-    proc = subprocess.run(["bash", str(SCRIPT), "das"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "DRY_RUN": "1", "ENGINES": bad})
+    proc = _dry_run("das", ENGINES=bad)
     if bad == "":  # empty = unset: the default (1)
         assert proc.returncode == 0
     else:

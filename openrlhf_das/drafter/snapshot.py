@@ -105,9 +105,10 @@ class HistorySnapshot:
         exceeds its token cap, whose evictions depend on insertion order: build afresh).
 
         Between RL steps a snapshot differs from the previous one by the new step's responses
-        and the steps that left the window, so this costs O(new tokens) instead of
-        O(history) — rebuilding every tree at every step boundary grew with the history and sat
-        in the trainer's critical path (``docs/gpu.md``, GRPO run of 2026-12-04). In-flight
+        and the steps that left the window, so the tree work is that of the new tokens instead
+        of the whole history (the digests still hash every snapshot token: ~1 ms per MB here) —
+        rebuilding every tree at every step boundary grew with the history and sat in the
+        trainer's critical path (``docs/gpu.md``, GRPO run of 2026-12-04). In-flight
         sibling sequences are removed, as a fresh index has none. A bucket is kept only if its
         content digest (BLAKE2b of the response lengths and tokens) matches; the trees then hold
         the same responses as a fresh build (other sequence ids, same contents).
