@@ -11,8 +11,8 @@ cluster (fake GPU) with a real CPU vLLM DAS engine built by the wrapped ``create
   prompt + prefix, tagged version 0 then 1;
 * OpenRLHF's real ``GenerateSamplesActor`` (async trainer) with the step budget: a step returns
   after ``rollout.batch_size`` groups, the rest are carried into the next step (and cut/resumed
-  at each simulated weight sync), no group is lost or duplicated, the history actor gets each
-  rollout once. **Only the DeepSpeed training step is mocked**: the test loop plays
+  at each simulated weight sync, one of them the moment each step returns), no group is lost or
+  duplicated, the history actor gets each rollout once. **Only the DeepSpeed training step is mocked**: the test loop plays
   ``TrainingActor`` (queue protocol + ``pause_generation``/``resume_generation`` around a weight
   sync that changes nothing), because OpenRLHF's DeepSpeed path needs CUDA.
 """
@@ -195,6 +195,23 @@ def test_real_weight_change_splits_old_and_new_policy(job):
         ray.get(engine.resume_generation.remote())
 
 
+def _sync_when_step_returns(actor):
+    """Runs in OpenRLHF's GenerateSamplesActor: after every ``_generate_vllm`` step, a weight sync
+    (``pause_generation`` + ``resume_generation`` on every engine) that changes nothing."""
+    import ray
+
+    sg = actor.samples_generator
+    step = sg._generate_vllm
+
+    def step_then_sync(*args, **kwargs):
+        out = step(*args, **kwargs)
+        ray.get([e.pause_generation.remote() for e in sg.vllm_engines])
+        ray.get([e.resume_generation.remote() for e in sg.vllm_engines])
+        return out
+
+    sg._generate_vllm = step_then_sync
+
+
 def test_async_generator_budget_carries_groups(job):
     """OpenRLHF's GenerateSamplesActor with --das.partial_rollout: budget, carry, exactly once."""
     from openrlhf.trainer.ppo_trainer_async import GenerateSamplesActor, VLLMLock
@@ -211,6 +228,11 @@ def test_async_generator_budget_carries_groups(job):
         pretrain=job.model, strategy=get_strategy(job.args), vllm_engines=job.engines, vllm_lock=VLLMLock.remote(),
         rollout_queue=rollout_queue, rollout_slots=rollout_slots, **generate_kwargs,
     )
+    # A weight sync starts the moment each step returns (the earliest a trainer could sync), so
+    # the groups carried out of a step are still generating when it cuts them: without this the
+    # test's own sync below came after the queue round trip, and on a fast machine the carried
+    # groups had finished by then (CI: no sample spanned a sync).
+    ray.get(generator.__ray_call__.remote(_sync_when_step_returns))
     done = generator.fit.remote(episode=0, total_consumed_prompts=0)
     batches, global_step = [], 0
     while True:  # TrainingActor's protocol in partial mode, with a weight sync that changes nothing
