@@ -27,7 +27,9 @@ results are kept under ``engines``; the merged epoch has the max seconds, summed
 requests, and the engines' DAS stats summed (``merge_engine_stats``, as the history actor does).
 
 ``--tensor-parallel T``: each engine spans T devices (``tensor_parallel_size``; engine i gets GPUs
-i·T … i·T+T-1). Every rank runs its own drafter on the same history; each DAS epoch records
+i·T … i·T+T-1). ``--gpus G`` with fewer devices than N·T puts several engines on one device
+(device index taken modulo G; each engine then needs ``--gpu-memory-utilization`` ≤ 0.9 divided
+by the engines sharing it, checked before any engine starts). Every rank runs its own drafter on the same history; each DAS epoch records
 whether all ranks' DAS stats agree (``ranks_agree``; a warning is printed when they do not). On
 CPU the T worker processes are bound to one core each (``VLLM_CPU_OMP_THREADS_BIND``, unless set).
 """
@@ -40,6 +42,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,11 +78,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trace", default=None, help="write the rollouts of the first mode as a .jsonl.zst trace")
     p.add_argument("--engines", type=int, default=1, help="data-parallel engines (sticky problem shards)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="devices per engine (tensor_parallel_size)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="devices to spread the engines over (default engines x tensor-parallel); fewer = shared")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--sync-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.engines < 1 or args.tensor_parallel < 1:
         p.error("--engines and --tensor-parallel must be >= 1")
+    gpus = args.gpus or args.engines * args.tensor_parallel
+    if gpus < args.tensor_parallel:
+        p.error(f"--gpus {gpus} < --tensor-parallel {args.tensor_parallel}")
+    sharing = -(-args.engines * args.tensor_parallel // gpus)  # engines on the busiest device
+    if args.device == "cuda" and sharing * args.gpu_memory_utilization > 0.9:
+        p.error(f"{sharing} engines share a device: --gpu-memory-utilization must be <= {0.9 / sharing:.2f}")
     if args.engines > 1 and args.trace:
         p.error("--trace records one engine's rollouts: use it with --engines 1")
     bad = set(args.modes.split(",")) - set(MODES)
@@ -100,17 +112,18 @@ def _das_config(args, flat: bool):
     return DASConfig().with_overrides(over)
 
 
-def _engine_kwargs(args, mode: str) -> dict:
+def _engine_kwargs(args, mode: str, tensor_parallel: int = 1) -> dict:
+    """vLLM ``LLM`` keyword arguments for ``mode`` (shared with ``partial_rollouts.py``);
+    ``tensor_parallel``: devices per engine."""
     from openrlhf_das.engines.vllm import engine_kwargs, export_config
 
     kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
-    tp = getattr(args, "tensor_parallel", 1)  # partial_rollouts.py shares these settings, without TP
-    if tp > 1:
-        kw.update(tensor_parallel_size=tp, distributed_executor_backend="mp")
+    if tensor_parallel > 1:
+        kw.update(tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp")
     if args.device == "cpu":
         kw["enforce_eager"] = True
     else:
-        cc: dict = {"mode": getattr(args, "compile_mode", 0), "cudagraph_mode": args.cudagraph_mode}
+        cc: dict = {"mode": args.compile_mode, "cudagraph_mode": args.cudagraph_mode}
         if args.max_cudagraph_capture_size:
             cc["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
         kw.update(gpu_memory_utilization=args.gpu_memory_utilization, compilation_config=cc,
@@ -155,15 +168,22 @@ def run_child(args) -> None:
         from openrlhf_das.ray.sharding import engine_for_problem
 
         problems = [p for p in problems if engine_for_problem(p.problem_id, args.engines) == args.shard]
+    started_at = time.time()
     t0 = time.perf_counter()
-    llm = LLM(model=model, **_engine_kwargs(args, mode))
+    llm = LLM(model=model, **_engine_kwargs(args, mode, args.tensor_parallel))
     start_s = time.perf_counter() - t0
+    ready_at = time.time()
+    if args.sync_dir:  # several engines: say ready, start the epochs together
+        Path(args.sync_dir, f"ready-{args.shard}").touch()
+        while not Path(args.sync_dir, "go").exists():
+            time.sleep(0.05)
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
     das = mode in ("das", "das_flat")
     cfg = _das_config(args, flat=mode == "das_flat") if das else None
     results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
                          window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True)
-    out = {"mode": mode, "engine_start_seconds": start_s, "problem_ids": [p.problem_id for p in problems],
+    out = {"mode": mode, "engine_start_seconds": start_s, "engine_started_at": started_at, "engine_ready_at": ready_at,
+           "problem_ids": [p.problem_id for p in problems],
            "epochs": [r.summary() for r in results]}
     if args.trace:
         _write_trace(args.trace, problems, args.samples, results)
@@ -221,27 +241,56 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def engine_devices(i: int, tp: int, gpus: int) -> list[int]:
+    """CUDA device indices of engine ``i`` (``tp`` ranks each) when engines are laid out in order
+    over ``gpus`` devices, wrapping around (so engines share devices when ``gpus`` < engines·tp)."""
+    return [(i * tp + r) % gpus for r in range(tp)]
+
+
 def run_mode(argv: list[str], mode: str, trace: str | None, script: str = __file__, engines: int = 1,
-             device: str = "cpu", tp: int = 1) -> dict:
+             device: str = "cpu", tp: int = 1, gpus: int | None = None) -> dict:
     """Run ``script --child mode`` (a fresh engine in its own process; with ``engines`` > 1 that
-    many at once, one per problem shard and, on ``cuda``, per GPU) and return its result."""
+    many at once, one per problem shard and, on ``cuda``, on the devices of
+    :func:`engine_devices`) and return its result."""
     base = [sys.executable, script, *_without(_without(argv, "--trace"), "--engines"), "--child", mode]
     if trace:
         base += ["--trace", trace]
     if engines == 1:
         return _child_result(subprocess.run(base, capture_output=True, text=True), mode)
-    procs = []
-    for i in range(engines):
-        env = dict(os.environ)
-        if device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * tp + r) for r in range(tp))
-        procs.append(subprocess.Popen([*base, "--engines", str(engines), "--shard", str(i)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for proc in procs:
-        out, err = proc.communicate()
-        results.append(_child_result(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), mode))
+    procs: list[subprocess.Popen] = []
+    devices = [engine_devices(i, tp, gpus or engines * tp) for i in range(engines)]
+    with tempfile.TemporaryDirectory() as sync_dir:
+        logs = [(Path(sync_dir, f"out-{i}"), Path(sync_dir, f"err-{i}")) for i in range(engines)]
+        try:
+            for i in range(engines):
+                # vLLM sizes its KV cache from the device's free memory: an engine starts only once
+                # the engines before it on the same device have finished starting
+                for j in range(i):
+                    if set(devices[j]) & set(devices[i]):
+                        _wait_ready(procs[j], Path(sync_dir, f"ready-{j}"))
+                env = dict(os.environ)
+                if device == "cuda":
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices[i]))
+                with open(logs[i][0], "w") as out, open(logs[i][1], "w") as err:  # files: no pipe to fill
+                    procs.append(subprocess.Popen([*base, "--engines", str(engines), "--shard", str(i),
+                                                   "--sync-dir", sync_dir], env=env, stdout=out, stderr=err,
+                                                  text=True))
+            for j, proc in enumerate(procs):
+                _wait_ready(proc, Path(sync_dir, f"ready-{j}"))
+        finally:
+            Path(sync_dir, "go").touch()  # also when one failed: the others run, its error is reported
+            for proc in procs:
+                proc.wait()
+        results = [_child_result(subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(),
+                                                             err.read_text()), mode)
+                   for proc, (out, err) in zip(procs, logs)]
     return merge_engines(results)
+
+
+def _wait_ready(proc: subprocess.Popen, ready: Path) -> None:
+    """Block until the engine process has built its engine (``ready`` exists) or has exited."""
+    while not ready.exists() and proc.poll() is None:
+        time.sleep(0.05)
 
 
 def _child_result(proc: subprocess.CompletedProcess, mode: str) -> dict:
@@ -359,7 +408,7 @@ def main(argv=None) -> int:
     for i, mode in enumerate(args.modes.split(",")):
         print(f"[engine_rollouts] {mode} ...", flush=True)
         results[mode] = run_mode(argv, mode, args.trace if i == 0 else None, engines=args.engines, device=args.device,
-                                 tp=args.tensor_parallel)
+                                 tp=args.tensor_parallel, gpus=args.gpus)
         if any(e.get("ranks_agree") is False for e in results[mode].get("epochs", [])):
             print(f"WARNING: {mode}: the tensor-parallel ranks' DAS stats differ (see ranks_agree)", flush=True)
         print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)

@@ -1,25 +1,61 @@
 """``benchmarks/engine_rollouts.py --engines 2``: two real CPU vLLM engines at once, one per sticky
 problem shard (the data-parallel layout of the multi-GPU issue), merged as the history actor
-merges engines: the epoch lasts as long as the slower engine, tokens and DAS stats are summed."""
+merges engines: the epoch lasts as long as the slower engine, tokens and DAS stats are summed.
+With ``--gpus 1`` both engines share one device (issue 9's two engines at half memory on one
+GPU): the second starts only after the first has built its engine."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from engine_fixtures import run_benchmark
 from openrlhf_das.ray.sharding import engine_for_problem
 
-pytestmark = [pytest.mark.engine]
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_rollouts.py"
 
 
+def _script():
+    spec = importlib.util.spec_from_file_location("engine_rollouts", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_engine_devices_wrap_over_fewer_gpus():
+    er = _script()
+    assert [er.engine_devices(i, 1, 4) for i in range(4)] == [[0], [1], [2], [3]]  # one engine per GPU
+    assert [er.engine_devices(i, 2, 4) for i in range(2)] == [[0, 1], [2, 3]]  # tensor-parallel pairs
+    assert [er.engine_devices(i, 1, 1) for i in range(2)] == [[0], [0]]  # two engines share GPU 0
+    assert [er.engine_devices(i, 2, 2) for i in range(2)] == [[0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda", "--engines", "2", "--gpus", "1"], "must be <= 0.45"),  # default 0.85 each
+    (["--device", "cuda", "--engines", "4", "--gpus", "2", "--gpu-memory-utilization", "0.5"], "must be <= 0.45"),
+    (["--engines", "1", "--tensor-parallel", "2", "--gpus", "1"], "--gpus 1 < --tensor-parallel 2"),
+])
+def test_shared_devices_are_checked_before_any_engine_starts(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _script().parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_half_memory_engines_may_share_a_device():
+    args = _script().parse_args(["--device", "cuda", "--engines", "2", "--gpus", "1", "--gpu-memory-utilization", "0.42"])
+    assert (args.gpus, args.engines) == (1, 2)
+
+
+@pytest.mark.engine
 def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
     ids = [f"q{i}" for i in range(6)]
     out = tmp_path / "er.json"
     proc = run_benchmark(tmp_path, "engine_rollouts.py", len(ids), "--samples", "2", "--epochs", "2",
                          "--max-tokens", "24", "--temperature", "0", "--modes", "nospec,das_flat", "--engines", "2",
-                         "--out", str(out))
+                         "--gpus", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for mode in ("nospec", "das_flat"):
@@ -33,6 +69,8 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
             assert merged["seconds"] == max(e["seconds"] for e in per)
             assert merged["requests"] == 12 and merged["output_tokens"] == sum(e["output_tokens"] for e in per)
             assert len(merged["finish_seconds"]) == 12
+        first, second = res["engines"]  # one device: the second engine was built after the first
+        assert second["engine_started_at"] >= first["engine_ready_at"]
     das = report["results"]["das_flat"]["epochs"][1]["das"]
     per = [e["epochs"][1]["das"] for e in report["results"]["das_flat"]["engines"]]
     assert das["engines"] == 2

@@ -25,8 +25,8 @@ def test_sync_and_partial_das_steps(tmp_path):
     assert all(s["carried"] == 0 and s["off_policy_samples"] == 0 for s in sync)
     assert all(s["finished"] >= 4 for s in partial)  # the budget: B x G finished samples per step
     # how many samples are cut and carried depends on timing here (equal-length greedy samples
-    # often finish in the same engine step); the engine-level tests of the manager
-    # (tests/test_partial_rollouts.py) check carrying deterministically
-    assert all(s["off_policy_samples"] <= s["finished"] and s["carried"] >= 0 for s in partial)
+    # often finish in the same engine step), so it is not asserted; the engine-level tests of the
+    # manager (tests/test_partial_rollouts.py) check carrying deterministically
+    assert all(s["off_policy_samples"] <= s["finished"] for s in partial)
     assert report["results"]["partial_das"]["das"]["acceptance"]["accepted"] > 0  # greedy text repeats
     assert set(report["summary"]) == {"sync", "partial_das"}
