@@ -20,7 +20,6 @@ cluster (fake GPU) with a real CPU vLLM DAS engine built by the wrapped ``create
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -113,12 +112,26 @@ def _assert_same_greedy(got, want, got_lps, want_lps, min_agree):
     return n
 
 
-def _cut_repeatedly(job, ref, pause_every=0.05, max_syncs=6):
-    """Play OpenRLHF's partial-mode weight sync (pause → [sync] → resume) while ``ref`` runs."""
+def _wait_for_tokens(job, ref, since: int, tokens: int) -> bool:
+    """Wait until the engine delivered ``tokens`` more generated tokens than ``since`` (its
+    ``das_partial_stats()["tokens"]``); False if ``ref`` finished first. Syncs triggered by
+    progress, not wall time: a timed pause can land before a resumed request's first token on a
+    slow machine, or after the requests finished on a fast one."""
+    ray = job.ray
+    while not ray.wait([ref], timeout=0.01)[0]:
+        if ray.get(job.engines[0].das_partial_stats.remote())["tokens"] - since >= tokens:
+            return True
+    return False
+
+
+def _cut_repeatedly(job, ref, every_tokens=24, max_syncs=6):
+    """Play OpenRLHF's partial-mode weight sync (pause → [sync] → resume) while ``ref`` runs,
+    after every ``every_tokens`` generated tokens."""
     ray = job.ray
     engine = job.engines[0]
     syncs = 0
-    while syncs < max_syncs and not ray.wait([ref], timeout=pause_every)[0]:
+    while syncs < max_syncs and _wait_for_tokens(job, ref, ray.get(engine.das_partial_stats.remote())["tokens"],
+                                                 every_tokens):
         ray.get(engine.pause_generation.remote())
         ray.get(engine.resume_generation.remote())
         syncs += 1
@@ -162,14 +175,11 @@ def test_real_weight_change_splits_old_and_new_policy(job):
     old = ray.get(_generate(job, prompt, params, 2, pid="pw"))
     version = ray.get(engine.das_partial_stats.remote())["weight_version"]
 
+    since = ray.get(engine.das_partial_stats.remote())["tokens"]
     ref = _generate(job, prompt, params, 2, pid="pw")
-    while True:  # cut once some tokens exist, change the weights during the pause
-        time.sleep(0.05)
-        ray.get(engine.pause_generation.remote())
-        if ray.wait([ref], timeout=0)[0]:
-            ray.get(engine.resume_generation.remote())
-            pytest.fail("generation finished before the first sync")
-        break
+    # cut once some tokens exist, change the weights during the pause
+    assert _wait_for_tokens(job, ref, since, 16), "generation finished before the first sync"
+    ray.get(engine.pause_generation.remote())
     try:
         assert ray.get(engine.das_rpc.remote(_negate_final_norm)) == [True]
         ray.get(engine.resume_generation.remote())

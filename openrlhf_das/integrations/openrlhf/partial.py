@@ -80,7 +80,8 @@ class EnginePartialState:
         self.open.set()
         self.inflight: set[str] = set()
         self.cut: set[str] = set()
-        self.stats = {"cuts": 0, "resumed_segments": 0, "syncs": 0, "cut_timeouts": 0}
+        self.stats = {"cuts": 0, "resumed_segments": 0, "syncs": 0, "cut_timeouts": 0, "tokens": 0}
+        """``tokens``: generated tokens delivered to the samples (all versions)."""
 
     async def pause(self, llm: Any) -> None:
         """Close the gate and abort every in-flight request (repeated until none is left: a
@@ -144,11 +145,13 @@ class EnginePartialState:
                 async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt_token_ids + tokens), params,
                                               request_id=rid):
                     n = len(out.outputs[0].token_ids)
-                    if n > seen and runs is not None:
-                        if runs and runs[-1][0] == self.version:
-                            runs[-1][1] += n - seen
-                        else:
-                            runs.append([self.version, n - seen])
+                    if n > seen:
+                        self.stats["tokens"] += n - seen
+                        if runs is not None:
+                            if runs and runs[-1][0] == self.version:
+                                runs[-1][1] += n - seen
+                            else:
+                                runs.append([self.version, n - seen])
                     seen = max(seen, n)
                     final = out
             finally:
