@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -204,8 +205,13 @@ async def _pause_resume(prompts, params, baseline) -> dict:
             await asyncio.sleep(0.002)
         await engine.pause_generation(mode="keep")
         assert await engine.is_paused()
-        await asyncio.sleep(0.2)  # outputs already on their way when the pause took effect
-        at_pause = list(progress)
+        # outputs already on their way when the pause took effect: wait until none arrives for 0.2 s
+        at_pause, deadline = list(progress), time.monotonic() + 30
+        while True:
+            await asyncio.sleep(0.2)
+            if progress == at_pause or time.monotonic() > deadline:
+                break
+            at_pause = list(progress)
         await asyncio.sleep(1.0)
         frozen = list(progress)
         await engine.resume_generation()
