@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensor-parallel", type=int, default=1, help="devices per engine (tensor_parallel_size)")
     p.add_argument("--gpus", type=int, default=None,
                    help="devices to spread the engines over (default engines x tensor-parallel); fewer = shared")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge the modes of earlier runs of one workload (e.g. one device call per mode) into --out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--sync-dir", default=None, help=argparse.SUPPRESS)
@@ -391,11 +393,50 @@ def plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+WORKLOAD_ARGS = ("model", "dataset", "prompts_file", "problems", "samples", "epochs", "max_tokens", "temperature",
+                 "seed", "k", "das", "device", "cudagraph_mode", "compile_mode", "max_cudagraph_capture_size",
+                 "max_num_seqs", "max_model_len", "engines", "tensor_parallel")
+"""Arguments that define the workload and engine settings: runs merged by ``--merge`` must agree on
+them (``gpu_memory_utilization``, ``gpus`` and output paths may differ)."""
+
+
+def merge_reports(reports: list[dict], names: list[str]) -> dict:
+    """One report from runs of the same workload on the same kind of machine, each contributing
+    its modes (in order; a mode may appear once). Raises ``ValueError`` naming what differs."""
+    first = reports[0]
+    results: dict = {}
+    for name, rep in zip(names, reports):
+        diff = [k for k in WORKLOAD_ARGS if rep["args"].get(k) != first["args"].get(k)]
+        if diff:
+            raise ValueError(f"{name}: workload differs from {names[0]} in {', '.join(diff)}")
+        if rep["machine"].get("gpu") != first["machine"].get("gpu"):
+            raise ValueError(f"{name}: ran on {rep['machine'].get('gpu')}, {names[0]} on {first['machine'].get('gpu')}")
+        again = set(rep["results"]) & set(results)
+        if again:
+            raise ValueError(f"{name}: modes {sorted(again)} are already in an earlier file")
+        results.update(rep["results"])
+    args = {**first["args"], "modes": ",".join(results), "merge": list(names)}
+    return {"args": args, "machine": first["machine"], "weight_updates": False, "results": results,
+            "summary": summarize(results), "merged_from": [{"file": n, "modes": list(r["results"]),
+                                                            "machine": r["machine"]} for n, r in zip(names, reports)]}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.child:
         run_child(args)
+        return 0
+    if args.merge:
+        try:
+            report = merge_reports([json.loads(Path(f).read_text()) for f in args.merge], args.merge)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"engine_rollouts --merge: {exc}", file=sys.stderr)
+            return 2
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        plot(report["results"], args.png or str(Path(args.out).with_suffix(".png")))
+        print(json.dumps(report["summary"], indent=2))
         return 0
     results: dict = {}
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
