@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class DASConfigError(ValueError):
@@ -126,11 +126,19 @@ class DASConfig(_Strict):
     gate: GateConfig = GateConfig()
     step_quota_tokens: int | None = Field(default=None, ge=1)
     """Optional cap on draft tokens per engine step; long requests are served first."""
-    pad_drafts: bool = False
+    pad_drafts: bool | None = None
     """Engine: pad every decode request's draft to ``num_speculative_tokens`` with filler tokens
     (verified and normally rejected, so still lossless) so every decode step is uniform
-    (1 + k query tokens per request) and replays vLLM's FULL_DECODE_ONLY CUDA graphs instead
-    of running eager. Costs up to k extra verify tokens per request and step."""
+    (1 + k query tokens per request) and replays vLLM's full CUDA graphs for decode instead of
+    running eager. Costs up to k extra verify tokens per request and step. ``None`` (``auto``,
+    the default): pad exactly when the engine captures full decode graphs (``cudagraph_mode``
+    FULL_DECODE_ONLY, FULL_AND_PIECEWISE or FULL; not eager or CPU engines), where an unpadded
+    step ran 3.25x and a padded one 1.25-1.37x of the no-speculation time (H100, docs/gpu.md)."""
+
+    @field_validator("pad_drafts", mode="before")
+    @classmethod
+    def _pad_auto(cls, value: Any) -> Any:
+        return None if value == "auto" else value
 
     # --- reports ---------------------------------------------------------------------------
     length_buckets: tuple[int, ...] = (1000, 2000, 4000, 8000)

@@ -28,6 +28,13 @@ def test_defaults_are_valid() -> None:
     assert DASConfig.from_dict(json.loads(c.to_json())) == c  # JSON round trip
 
 
+@pytest.mark.parametrize("value, expected", [("auto", None), (None, None), (True, True), (False, False)])
+def test_pad_drafts_auto_true_false(value: Any, expected: bool | None) -> None:
+    assert DASConfig().pad_drafts is None  # auto: the engine decides from its CUDA-graph mode
+    assert DASConfig.from_dict({"pad_drafts": value}).pad_drafts is expected
+    assert DASConfig().with_overrides({"pad_drafts": value}).pad_drafts is expected
+
+
 def test_unknown_key_top_level() -> None:
     assert "windw: unknown key" in _err({"windw": 5})
 
@@ -45,6 +52,8 @@ def test_unknown_key_nested() -> None:
         ({"use_siblings": "yes"}, "use_siblings"),
         ({"gate": {"mode": "sometimes"}}, "gate.mode"),
         ({"unknown_class": "huge"}, "unknown_class"),
+        ({"pad_drafts": "sometimes"}, "pad_drafts"),
+        ({"pad_drafts": 1}, "pad_drafts"),
     ],
 )
 def test_wrong_type(data: dict[str, Any], key: str) -> None:

@@ -85,6 +85,11 @@ def test_tokens_identical(runs) -> None:
     assert token_ids(runs["das"]) == token_ids(runs["plain"])
 
 
+def test_pad_drafts_auto_is_off_on_an_eager_cpu_engine(runs) -> None:
+    # pad_drafts defaults to auto (None): a CPU engine has no CUDA graphs, so it does not pad
+    assert runs["stats"]["pad_drafts"] is ("pad_drafts" in runs["mode"])
+
+
 def test_drafts_accepted_and_rejected(runs) -> None:
     total = runs["stats"]["acceptance"]["total"]
     print(f"{runs['mode']}: {total}")

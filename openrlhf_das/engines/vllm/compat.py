@@ -54,3 +54,18 @@ def make_arg_parser(propose: Callable[..., Any]) -> Callable[..., ProposeArgs]:
         f"openrlhf-das does not support this vLLM ({version}): SuffixDecodingProposer.propose"
         f"{tuple(names)}; supported: {SUPPORTED}"
     )
+
+
+def full_decode_graphs(vllm_config: Any) -> bool:
+    """True if the engine replays full CUDA graphs for decode steps (``cudagraph_mode`` whose
+    decode mode is FULL: FULL_DECODE_ONLY, FULL_AND_PIECEWISE, FULL), which vLLM captures only
+    for uniform (1 + k)-token steps once speculation is on. False for eager and CPU engines
+    (their mode is NONE) and for PIECEWISE-only graphs. Read the resolved config: the model
+    runner may lower the mode after the proposer was built."""
+    if getattr(getattr(vllm_config, "model_config", None), "enforce_eager", False):
+        return False
+    mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
+    if mode is None:
+        return False
+    decode_mode = getattr(mode, "decode_mode", None)
+    return getattr(decode_mode() if callable(decode_mode) else mode, "name", "") == "FULL"

@@ -14,6 +14,8 @@ rejection sampler: outputs and logprobs are those of plain decoding.
 * Per-request trees survive a request leaving the batch (preemption, pause) and are rebuilt
   from the full token list when needed; they are freed when vLLM forgets the request.
 * The acceptance of the previous draft is ``len(sampled_token_ids[i]) - 1``.
+* ``pad_drafts`` auto (``None``) is resolved at the first step, from the engine's resolved
+  CUDA-graph mode (:func:`~.compat.full_decode_graphs`); ``stats()["pad_drafts"]`` says which.
 * Faults: any exception in the DAS path for a step yields empty drafts for that step (counted
   in ``stats()["engine_faults"]``); per-request faults are isolated inside the drafter.
 """
@@ -32,7 +34,7 @@ from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
 from ...config import DASConfig, LengthClass
 from ...drafter import HistorySnapshot
 from ...speculator import DASSpeculator, StepRequest
-from .compat import make_arg_parser
+from .compat import full_decode_graphs, make_arg_parser
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,9 @@ class DASProposer(SuffixDecodingProposer):
 
     def __init__(self, vllm_config: Any) -> None:
         super().__init__(vllm_config)
+        self.vllm_config = vllm_config
         self.das_config = config_from_env()
+        self._pads: bool | None = None  # pad_drafts, resolved at the first step
         self.runner: Any = _constructing_runner()  # its ``requests`` dict gives extra_args
         self.speculator: DASSpeculator | None = None
         self.engine_faults = 0
@@ -150,7 +154,7 @@ class DASProposer(SuffixDecodingProposer):
     def _pad(self, drafts: list[list[int]], k: int, input_batch: Any, sampled: list[list[int]]) -> list[list[int]]:
         """With ``pad_drafts``: fill every decode request's draft up to k with its last token
         (a filler the rejection sampler verifies like any draft), so the step is uniform."""
-        if not self.das_config.pad_drafts or k <= 0:
+        if not self.pads or k <= 0:
             return drafts
         num_tokens = input_batch.num_tokens_no_spec
         tok = input_batch.token_ids_cpu
@@ -163,6 +167,17 @@ class DASProposer(SuffixDecodingProposer):
                 filler = d[-1] if d else int(tok[i, nt - 1])
                 drafts[i] = d + [filler] * (room - len(d))
         return drafts
+
+    @property
+    def pads(self) -> bool:
+        """Whether drafts are padded to k: ``pad_drafts``, or with auto the engine's graph mode."""
+        if self._pads is None:
+            want = self.das_config.pad_drafts if self.das_config is not None else False
+            self._pads = full_decode_graphs(self.vllm_config) if want is None else want
+            if want is None:
+                logger.info("DAS pad_drafts auto: %s (cudagraph_mode %s)", self._pads,
+                            getattr(getattr(self.vllm_config, "compilation_config", None), "cudagraph_mode", None))
+        return self._pads
 
     # ------------------------------------------------------------------ request metadata
     def _meta_of(self, req_id: str) -> tuple[str | None, LengthClass | None, int]:
@@ -214,6 +229,7 @@ class DASProposer(SuffixDecodingProposer):
             raise ValueError(f"budgets reach {new.max_budget} > num_speculative_tokens {self.num_speculative_tokens}")
         self.speculator.reconfigure(new)
         self.das_config = new
+        self._pads = None  # pad_drafts may have changed: resolved again at the next step
         return new.to_dict()
 
     def stats(self, reset: bool = False) -> dict[str, Any]:
@@ -225,6 +241,7 @@ class DASProposer(SuffixDecodingProposer):
             "propose_seconds": self.propose_seconds,
             "resumed_requests": self.resumed,
             "bad_metadata": self.bad_metadata,
+            "pad_drafts": self.pads,
             **self.speculator.stats(),
         }
         if reset:
