@@ -114,9 +114,13 @@ def _das_config(args, flat: bool):
     return DASConfig().with_overrides(over)
 
 
-def _engine_kwargs(args, mode: str, tensor_parallel: int = 1) -> dict:
+def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int = 0) -> dict:
     """vLLM ``LLM`` keyword arguments for ``mode`` (shared with ``partial_rollouts.py``);
-    ``tensor_parallel``: devices per engine."""
+    ``tensor_parallel``: devices per engine. On GPU without ``--max-cudagraph-capture-size``,
+    the graphs cover a decode step of all ``concurrency`` requests at the mode's query length
+    (1 + k with speculation): vLLM 0.26's default stops at 512 tokens, so a padded DAS step of
+    more than 100 requests (k = 4) ran eager while no-speculation steps of up to 512 replayed
+    graphs."""
     from openrlhf_das.engines.vllm import engine_kwargs, export_config
 
     kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
@@ -128,6 +132,10 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1) -> dict:
         cc: dict = {"mode": args.compile_mode, "cudagraph_mode": args.cudagraph_mode}
         if args.max_cudagraph_capture_size:
             cc["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
+        elif concurrency:
+            widest = _query_len(args, mode) * min(concurrency, args.max_num_seqs)
+            if widest > VLLM_DEFAULT_MAX_CAPTURE:
+                cc["max_cudagraph_capture_size"] = widest
         kw.update(gpu_memory_utilization=args.gpu_memory_utilization, compilation_config=cc,
                   enforce_eager=args.cudagraph_mode == "NONE")
     export_config(None)
@@ -141,6 +149,17 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1) -> dict:
     elif mode in ("das", "das_flat"):
         kw.update(engine_kwargs(_das_config(args, flat=mode == "das_flat")))
     return kw
+
+
+VLLM_DEFAULT_MAX_CAPTURE = 512
+"""vLLM 0.26's default ceiling of ``max_cudagraph_capture_size`` (tokens)."""
+
+
+def _query_len(args, mode: str) -> int:
+    """Tokens per request of a (padded) decode step in ``mode``: 1 + k with speculation."""
+    if mode in ("das", "das_flat"):
+        return 1 + _das_config(args, flat=mode == "das_flat").max_budget
+    return 1 + args.k if mode in ("ngram", "suffix") else 1
 
 
 def run_child(args) -> None:
@@ -172,7 +191,8 @@ def run_child(args) -> None:
         problems = [p for p in problems if engine_for_problem(p.problem_id, args.engines) == args.shard]
     started_at = time.time()
     t0 = time.perf_counter()
-    llm = LLM(model=model, **_engine_kwargs(args, mode, args.tensor_parallel))
+    kw = _engine_kwargs(args, mode, args.tensor_parallel, concurrency=len(problems) * args.samples)
+    llm = LLM(model=model, **kw)
     start_s = time.perf_counter() - t0
     ready_at = time.time()
     if args.sync_dir:  # several engines: say ready, start the epochs together
@@ -185,6 +205,7 @@ def run_child(args) -> None:
     results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
                          window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True)
     out = {"mode": mode, "engine_start_seconds": start_s, "engine_started_at": started_at, "engine_ready_at": ready_at,
+           "max_cudagraph_capture_size": kw.get("compilation_config", {}).get("max_cudagraph_capture_size"),
            "problem_ids": [p.problem_id for p in problems],
            "epochs": [r.summary() for r in results]}
     if args.trace:

@@ -91,7 +91,8 @@ def run_child(args) -> None:
 
         model = str(materialize(args.model))
     problems = er.load_problems(args, model)[: args.problems]
-    kw = er._engine_kwargs(args, "das" if das else "nospec_sync")  # sync scheduling in both: same runner
+    # sync scheduling in both: same runner; graphs for every group of a step in flight, plus carried ones
+    kw = er._engine_kwargs(args, "das" if das else "nospec_sync", concurrency=2 * args.groups * args.samples)
     llm = LLM(model=model, **kw)
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens, seed=None)
     mgr = PartialRolloutManager(llm, sp, das=das)

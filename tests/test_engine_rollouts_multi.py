@@ -76,3 +76,22 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
     assert das["engines"] == 2
     assert das["acceptance"]["total"]["drafted"] == sum(d["acceptance"]["total"]["drafted"] for d in per)
     assert das["acceptance"]["total"]["accepted"] > 0  # greedy epoch 2 repeats epoch 1 per shard
+
+
+@pytest.mark.parametrize("mode, concurrency, extra, expected", [
+    ("das", 256, [], 1280),  # 256 padded requests x (1 + k): vLLM 0.26's 512-token default covers 100
+    ("suffix", 256, [], 1280),
+    ("nospec_sync", 256, [], None),  # 256 x 1 token: the default already covers it
+    ("das", 64, [], None),  # 320 tokens
+    ("das", 4096, [], 5 * 1024),  # at most max_num_seqs requests run at once
+    ("das", 256, ["--max-cudagraph-capture-size", "2048"], 2048),  # an explicit size wins
+])
+def test_gpu_graphs_cover_every_running_request(mode, concurrency, extra, expected, monkeypatch):
+    from openrlhf_das.engines.vllm.factory import DAS_CONFIG_ENV
+
+    monkeypatch.delenv(DAS_CONFIG_ENV, raising=False)  # restored after: _engine_kwargs exports the DAS config
+    er = _script()
+    args = er.parse_args(["--device", "cuda", "--max-num-seqs", "1024", *extra])
+    cc = er._engine_kwargs(args, mode, concurrency=concurrency)["compilation_config"]
+    assert cc.get("max_cudagraph_capture_size") == expected
+    assert cc["cudagraph_mode"] == "FULL_DECODE_ONLY"

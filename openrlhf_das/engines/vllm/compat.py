@@ -69,3 +69,16 @@ def full_decode_graphs(vllm_config: Any) -> bool:
         return False
     decode_mode = getattr(mode, "decode_mode", None)
     return getattr(decode_mode() if callable(decode_mode) else mode, "name", "") == "FULL"
+
+
+def graph_decode_requests(vllm_config: Any, query_len: int) -> int:
+    """The most requests a uniform decode step of ``query_len`` tokens per request (1 + k with
+    padded drafts) can have and still replay a captured CUDA graph: the largest capture size
+    that is a multiple of ``query_len``, divided by it (0 without graphs). vLLM 0.26 caps the
+    default sizes at 512 tokens and rounds them to multiples of 1 + k: 100 requests at k = 4,
+    against 512 for a no-speculation engine; bigger steps run eager. vLLM 0.29 adds the wide
+    decode sizes itself."""
+    if not full_decode_graphs(vllm_config):
+        return 0
+    sizes = getattr(vllm_config.compilation_config, "cudagraph_capture_sizes", None) or []
+    return max((int(s) // query_len for s in sizes if int(s) % query_len == 0), default=0)

@@ -34,7 +34,7 @@ from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
 from ...config import DASConfig, LengthClass
 from ...drafter import HistorySnapshot
 from ...speculator import DASSpeculator, StepRequest
-from .compat import full_decode_graphs, make_arg_parser
+from .compat import full_decode_graphs, graph_decode_requests, make_arg_parser
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class DASProposer(SuffixDecodingProposer):
         self.vllm_config = vllm_config
         self.das_config = config_from_env()
         self._pads: bool | None = None  # pad_drafts, resolved at the first step
+        self.graph_max_requests = 0  # requests a padded decode step may have and replay a graph
         self.runner: Any = _constructing_runner()  # its ``requests`` dict gives extra_args
         self.speculator: DASSpeculator | None = None
         self.engine_faults = 0
@@ -177,7 +178,21 @@ class DASProposer(SuffixDecodingProposer):
             if want is None:
                 logger.info("DAS pad_drafts auto: %s (cudagraph_mode %s)", self._pads,
                             getattr(getattr(self.vllm_config, "compilation_config", None), "cudagraph_mode", None))
+            if self._pads:
+                self._warn_uncovered_decode_steps()
         return self._pads
+
+    def _warn_uncovered_decode_steps(self) -> None:
+        """Padded steps replay a graph only up to ``graph_decode_requests`` requests: say so when
+        the engine may run more at once (their steps then run eager, several times slower)."""
+        q = 1 + self.num_speculative_tokens
+        self.graph_max_requests = graph_decode_requests(self.vllm_config, q)
+        max_seqs = int(getattr(getattr(self.vllm_config, "scheduler_config", None), "max_num_seqs", 0) or 0)
+        if self.graph_max_requests < max_seqs:
+            logger.warning(
+                "DAS: CUDA graphs cover padded decode steps of at most %d requests (%d tokens each), "
+                "max_num_seqs is %d: larger steps run eager. Set compilation_config "
+                "max_cudagraph_capture_size=%d to cover them.", self.graph_max_requests, q, max_seqs, q * max_seqs)
 
     # ------------------------------------------------------------------ request metadata
     def _meta_of(self, req_id: str) -> tuple[str | None, LengthClass | None, int]:
@@ -242,6 +257,7 @@ class DASProposer(SuffixDecodingProposer):
             "resumed_requests": self.resumed,
             "bad_metadata": self.bad_metadata,
             "pad_drafts": self.pads,
+            "graph_max_requests": self.graph_max_requests,
             **self.speculator.stats(),
         }
         if reset:
