@@ -196,8 +196,11 @@ def run_child(args) -> None:
     start_s = time.perf_counter() - t0
     ready_at = time.time()
     if args.sync_dir:  # several engines: say ready, start the epochs together
+        parent = os.getppid()
         Path(args.sync_dir, f"ready-{args.shard}").touch()
         while not Path(args.sync_dir, "go").exists():
+            if os.getppid() != parent:
+                raise SystemExit("engine_rollouts: the parent process exited before the start")
             time.sleep(0.05)
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
     das = mode in ("das", "das_flat")
