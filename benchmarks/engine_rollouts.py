@@ -164,6 +164,7 @@ def _query_len(args, mode: str) -> int:
 
 def run_child(args) -> None:
     mode = args.child
+    parent = os.getppid()
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
     if mode != "nospec":
@@ -196,7 +197,6 @@ def run_child(args) -> None:
     start_s = time.perf_counter() - t0
     ready_at = time.time()
     if args.sync_dir:  # several engines: say ready, start the epochs together
-        parent = os.getppid()
         Path(args.sync_dir, f"ready-{args.shard}").touch()
         while not Path(args.sync_dir, "go").exists():
             if os.getppid() != parent:
