@@ -174,17 +174,19 @@ class DASProposer(SuffixDecodingProposer):
         """Whether drafts are padded to k: ``pad_drafts``, or with auto the engine's graph mode."""
         if self._pads is None:
             want = self.das_config.pad_drafts if self.das_config is not None else False
-            self._pads = full_decode_graphs(self.vllm_config) if want is None else want
+            graphs = full_decode_graphs(self.vllm_config)
+            self._pads = graphs if want is None else want
             if want is None:
                 logger.info("DAS pad_drafts auto: %s (cudagraph_mode %s)", self._pads,
                             getattr(getattr(self.vllm_config, "compilation_config", None), "cudagraph_mode", None))
-            if self._pads:
+            if self._pads and graphs:
                 self._warn_uncovered_decode_steps()
         return self._pads
 
     def _warn_uncovered_decode_steps(self) -> None:
-        """Padded steps replay a graph only up to ``graph_decode_requests`` requests: say so when
-        the engine may run more at once (their steps then run eager, several times slower)."""
+        """Padded steps of an engine with full decode graphs replay a graph only up to
+        ``graph_decode_requests`` requests: say so when the engine may run more at once (their
+        steps then run eager, several times slower)."""
         q = 1 + self.num_speculative_tokens
         self.graph_max_requests = graph_decode_requests(self.vllm_config, q)
         max_seqs = int(getattr(getattr(self.vllm_config, "scheduler_config", None), "max_num_seqs", 0) or 0)
