@@ -362,7 +362,11 @@ def merge_engines(results: list[dict]) -> dict:
             "epochs": epochs, "engines": results}
 
 
-def summarize(results: dict) -> dict:
+def summarize(results: dict, greedy: bool = False) -> dict:
+    """Per mode: seconds (all epochs, epoch 0, epochs 1+) and ratios against the baselines present.
+    ``greedy`` (temperature 0): also the share of requests whose outputs equal the first mode's
+    (``identical_outputs_vs_<mode>``, from the per-request output digests of every epoch)."""
+
     def secs(mode, lo=0):
         ep = results.get(mode, {}).get("epochs")
         return sum(e["seconds"] for e in ep[lo:]) if ep else None
@@ -378,6 +382,12 @@ def summarize(results: dict) -> dict:
                 row[f"ratio_vs_{base}_epoch0"] = results[mode]["epochs"][0]["seconds"] / b0
                 if secs(base, 1):
                     row[f"ratio_vs_{base}_epochs1plus"] = secs(mode, 1) / secs(base, 1)
+        ref = next(iter(results))
+        if greedy and mode != ref and "epochs" in results[ref] and "epochs" in results[mode]:
+            pairs = [(a, b) for ea, eb in zip(results[ref]["epochs"], results[mode]["epochs"])
+                     for a, b in zip(ea.get("output_digests", []), eb.get("output_digests", []))]
+            if pairs:
+                row[f"identical_outputs_vs_{ref}"] = sum(a == b for a, b in pairs) / len(pairs)
         table[mode] = row
     return table
 
@@ -441,8 +451,9 @@ def merge_reports(reports: list[dict], names: list[str]) -> dict:
         results.update(rep["results"])
     args = {**first["args"], "modes": ",".join(results), "merge": list(names)}
     return {"args": args, "machine": first["machine"], "weight_updates": False, "results": results,
-            "summary": summarize(results), "merged_from": [{"file": n, "modes": list(r["results"]),
-                                                            "machine": r["machine"]} for n, r in zip(names, reports)]}
+            "summary": summarize(results, greedy=first["args"].get("temperature") == 0),
+            "merged_from": [{"file": n, "modes": list(r["results"]), "machine": r["machine"]}
+                            for n, r in zip(names, reports)]}
 
 
 def main(argv=None) -> int:
@@ -478,7 +489,7 @@ def main(argv=None) -> int:
             print(f"WARNING: {mode}: the tensor-parallel ranks' DAS stats differ (see ranks_agree)", flush=True)
         print(json.dumps({mode: [round(e["seconds"], 2) for e in results[mode].get("epochs", [])]}), flush=True)
         report = {"args": vars(args), "machine": machine, "weight_updates": False, "results": results,
-                  "summary": summarize(results)}
+                  "summary": summarize(results, greedy=args.temperature == 0)}
         Path(args.out).write_text(json.dumps(report, indent=2))  # after every mode: partial runs keep data
     plot(results, args.png or str(Path(args.out).with_suffix(".png")))
     print(json.dumps(report["summary"], indent=2))

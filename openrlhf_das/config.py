@@ -135,6 +135,13 @@ class DASConfig(_Strict):
     FULL_DECODE_ONLY, FULL_AND_PIECEWISE or FULL; not eager or CPU engines), where an unpadded
     step ran 3.25x and a padded one 1.25-1.37x of the no-speculation time (H100, docs/gpu.md)."""
 
+    draft_free_graphs: bool = True
+    """Engine, with padded drafts on full decode graphs: leave a step in which no request has a
+    real draft (gate closed, nothing matched) undrafted, and give such 1-token-per-request steps
+    full CUDA graphs of their own (vLLM captures none once speculation is on), so they cost what
+    a no-speculation step costs instead of verifying k filler tokens per request. False: pad
+    every step (the behaviour before; one graph set, less capture time and memory)."""
+
     @field_validator("pad_drafts", mode="before")
     @classmethod
     def _pad_auto(cls, value: Any) -> Any:

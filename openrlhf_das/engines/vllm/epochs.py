@@ -9,6 +9,7 @@ actor does between steps. Used by ``benchmarks/engine_rollouts.py`` and
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -41,6 +42,9 @@ class EpochResult:
     finish_seconds: list[float] = field(default_factory=list, repr=False)
     """Seconds from the epoch's start at which each request finished, in finishing order (the
     long-tail timeline: requests still running at t = requests - #finish_seconds <= t)."""
+    digests: list[str] = field(default_factory=list, repr=False)
+    """Per request (submission order), the first 12 hex digits of sha1 over its output token
+    ids: greedy runs of two modes agree on a request iff its digests are equal."""
     outputs: list[list[int]] = field(default_factory=list, repr=False)
     logprobs: list[list[float]] = field(default_factory=list, repr=False)
 
@@ -60,6 +64,7 @@ class EpochResult:
             "das": self.das_stats,
             "ranks_agree": self.ranks_agree,
             "finish_seconds": [round(t, 4) for t in self.finish_seconds],
+            "output_digests": self.digests,
         }
 
 
@@ -106,7 +111,7 @@ def run_epochs(
         seconds = time.perf_counter() - t0
         tokens = [list(o.outputs[0].token_ids) for o in outs]
         res = EpochResult(epoch, seconds, sum(map(len, tokens)), len(tokens), [len(t) for t in tokens],
-                          finish_seconds=finished)
+                          finish_seconds=finished, digests=[_digest(t) for t in tokens])
         if keep_outputs:
             res.outputs = tokens
             res.logprobs = [_chosen_logprobs(o.outputs[0]) for o in outs]
@@ -120,6 +125,10 @@ def run_epochs(
             llm.collective_rpc("das_load_snapshot", args=(snap.to_npz_bytes(),))
         results.append(res)
     return results
+
+
+def _digest(token_ids: Sequence[int]) -> str:
+    return hashlib.sha1(np.asarray(token_ids, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
 def _finish_recorder(t0: float, finished: list[float]) -> Any:

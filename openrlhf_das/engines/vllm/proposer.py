@@ -16,6 +16,9 @@ rejection sampler: outputs and logprobs are those of plain decoding.
 * The acceptance of the previous draft is ``len(sampled_token_ids[i]) - 1``.
 * ``pad_drafts`` auto (``None``) is resolved at the first step, from the engine's resolved
   CUDA-graph mode (:func:`~.compat.full_decode_graphs`); ``stats()["pad_drafts"]`` says which.
+* With padding and ``draft_free_graphs`` (engines with full decode graphs), a step in which no
+  request got a real draft (gate closed, nothing matched) is left undrafted instead of padded:
+  :mod:`.draft_free_graphs` gives such 1-token steps a graph (``stats()["plain_steps"]``).
 * Faults: any exception in the DAS path for a step yields empty drafts for that step (counted
   in ``stats()["engine_faults"]``); per-request faults are isolated inside the drafter.
 """
@@ -34,6 +37,7 @@ from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
 from ...config import DASConfig, LengthClass
 from ...drafter import HistorySnapshot
 from ...speculator import DASSpeculator, StepRequest
+from . import draft_free_graphs
 from .compat import full_decode_graphs, graph_decode_requests, make_arg_parser
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,8 @@ class DASProposer(SuffixDecodingProposer):
         self.vllm_config = vllm_config
         self.das_config = config_from_env()
         self._pads: bool | None = None  # pad_drafts, resolved at the first step
+        self._plain_graphs: bool | None = None  # 1-token steps have graphs; resolved at the first step
+        self.plain_steps = 0  # padded-engine steps left draft-free (replayed a 1-token graph)
         self.graph_max_requests = 0  # requests a padded decode step may have and replay a graph
         self.runner: Any = _constructing_runner()  # its ``requests`` dict gives extra_args
         self.speculator: DASSpeculator | None = None
@@ -90,6 +96,8 @@ class DASProposer(SuffixDecodingProposer):
                     f"num_speculative_tokens is {self.num_speculative_tokens}; set it to the largest budget"
                 )
             self.speculator = DASSpeculator(self.das_config)
+            if self.das_config.draft_free_graphs and full_decode_graphs(vllm_config):
+                draft_free_graphs.install()  # the runner captures and dispatches them after this
             logger.info("DAS proposer active (k=%d, depth=%d)", self.num_speculative_tokens, self.das_config.max_depth)
 
     # ------------------------------------------------------------------ vLLM entry point
@@ -154,8 +162,12 @@ class DASProposer(SuffixDecodingProposer):
 
     def _pad(self, drafts: list[list[int]], k: int, input_batch: Any, sampled: list[list[int]]) -> list[list[int]]:
         """With ``pad_drafts``: fill every decode request's draft up to k with its last token
-        (a filler the rejection sampler verifies like any draft), so the step is uniform."""
+        (a filler the rejection sampler verifies like any draft), so the step is uniform. A step
+        without any real draft stays draft-free when the engine has graphs for 1-token steps."""
         if not self.pads or k <= 0:
+            return drafts
+        if self._plain_graphs and not any(drafts):
+            self.plain_steps += 1
             return drafts
         num_tokens = input_batch.num_tokens_no_spec
         tok = input_batch.token_ids_cpu
@@ -181,6 +193,8 @@ class DASProposer(SuffixDecodingProposer):
                             getattr(getattr(self.vllm_config, "compilation_config", None), "cudagraph_mode", None))
             if self._pads and graphs:
                 self._warn_uncovered_decode_steps()
+            dispatcher = getattr(self.runner, "cudagraph_dispatcher", None)
+            self._plain_graphs = bool(self._pads and draft_free_graphs.draft_free_keys(dispatcher))
         return self._pads
 
     def _warn_uncovered_decode_steps(self) -> None:
@@ -260,9 +274,12 @@ class DASProposer(SuffixDecodingProposer):
             "bad_metadata": self.bad_metadata,
             "pad_drafts": self.pads,
             "graph_max_requests": self.graph_max_requests,
+            "draft_free_graphs": bool(self._plain_graphs),
+            "plain_steps": self.plain_steps,
             **self.speculator.stats(),
         }
         if reset:
             self.speculator.tracker.reset()
             self.propose_seconds = 0.0
+            self.plain_steps = 0
         return out

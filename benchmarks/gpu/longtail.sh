@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device call of the long-tail rollout benchmark (docs/gpu.md, "The long-tail run"):
+#   bash benchmarks/gpu/longtail.sh MODE [EXTRA engine_rollouts.py ARGS...]
+# runs MODE (nospec, nospec_sync, ngram, suffix, das_flat, das) of one fixed workload and writes
+# $OUT/lt-MODE.json (+ .png, and log). Every call of a session must use the same LT_* values
+# so that `engine_rollouts.py --merge` accepts the files. Run on the GPU machine after the
+# bring-up (benchmarks/gpu/install.sh ready). Env (defaults):
+#   LT_MODEL=qwen2.5-coder-1.5b-instruct  LT_PROBLEMS=16  LT_SAMPLES=8  LT_EPOCHS=4
+#   LT_TOKENS=4096  LT_TEMPERATURE=1.0  LT_TAG=lt  LT_TIMEOUT=570 (seconds; the call limit is 600)
+set -euo pipefail
+mode="${1:?usage: longtail.sh MODE [ARGS...]}"
+shift
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+source "$here/env.sh"
+export PYTHONPATH="$repo:$PYTHONPATH"
+model="${LT_MODEL:-qwen2.5-coder-1.5b-instruct}"
+tokens="${LT_TOKENS:-4096}"
+tag="${LT_TAG:-lt}"
+out="${OUT:-/tmp/out}"
+mkdir -p "$out"
+cd "$repo"
+set +e
+timeout "${LT_TIMEOUT:-570}" "$GPU_PY" benchmarks/engine_rollouts.py \
+    --model "$GPU_MODELS_DIR/$model" \
+    --prompts-file benchmarks/gpu/prompts/math500-qwen2.5-coder-0.5b.json \
+    --problems "${LT_PROBLEMS:-16}" --samples "${LT_SAMPLES:-8}" --epochs "${LT_EPOCHS:-4}" \
+    --max-tokens "$tokens" --max-model-len $((tokens + 1024)) --temperature "${LT_TEMPERATURE:-1.0}" \
+    --device cuda --das pad_drafts=true --modes "$mode" --out "$out/$tag-$mode.json" "$@" \
+    > "$out/$tag-$mode.log" 2>&1
+rc=$?
+set -e
+grep -E '^\[engine_rollouts\]|^\{"|Graph capturing finished|DAS:|Error|error' "$out/$tag-$mode.log" | tail -n 25
+python3 - "$out/$tag-$mode.json" <<'PY' || true
+import json, sys
+r = json.load(open(sys.argv[1]))
+for m, res in r["results"].items():
+    for e in res.get("epochs", []):
+        d = e.get("das") or {}
+        print(m, "epoch", e["epoch"], "s=%.2f" % e["seconds"], "tok=%d" % e["output_tokens"], "maxlen=%d" % e["max_response_length"],
+              "start=%.1f" % res.get("engine_start_seconds", 0), "plain=%s" % d.get("plain_steps"), "steps=%s" % d.get("steps"),
+              "gated=%s" % d.get("gated_steps"), "acc=%s" % (d.get("acceptance") or {}).get("total"))
+print(json.dumps(r["summary"]))
+PY
+exit $rc
