@@ -82,7 +82,7 @@ def test_keys_added_next_to_vllms_without_collision() -> None:
     added = draft_free_graphs.draft_free_keys(das)
     assert stock_full and all(d.num_reqs * (1 + K) == d.num_tokens for d in stock_full)
     assert added and all(d.uniform and d.num_reqs == d.num_tokens <= MAX_SEQS for d in added)
-    assert max(d.num_reqs for d in added) == 250  # the largest capture size within max_num_seqs
+    assert max(d.num_reqs for d in added) == MAX_SEQS  # added: vLLM's next size (260) exceeds it
     assert das.cudagraph_keys[CUDAGraphMode.FULL] == stock_full | added
     assert not stock_full & added
     assert das.uniform_decode_query_len == 1 + K  # restored
@@ -113,7 +113,8 @@ def test_padded_and_mixed_steps_dispatch_as_in_vllm() -> None:
 
 def test_steps_above_the_largest_key_run_eager() -> None:
     das = _runner(True, max_capture=1280)
-    assert _step(das, [1] * 256)[0] == CUDAGraphMode.NONE  # padded to 260 > max_num_seqs: no 1-token key
+    mode, desc = _step(das, [1] * 251)  # vLLM would pad to 260 > max_num_seqs: to 256 here
+    assert mode == CUDAGraphMode.FULL and (desc.num_tokens, desc.num_reqs) == (MAX_SEQS, MAX_SEQS)
     small = _runner(True, max_capture=160)
     assert _step(small, [1] * 150)[0] == CUDAGraphMode.FULL
     assert _step(small, [1] * 170)[0] == CUDAGraphMode.NONE  # beyond the capture sizes

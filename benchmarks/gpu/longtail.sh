@@ -8,7 +8,8 @@
 #   LT_MODEL=qwen2.5-coder-1.5b-instruct  LT_PROBLEMS=16  LT_SAMPLES=8  LT_EPOCHS=4
 #   LT_TOKENS=4096  LT_TEMPERATURE=1.0  LT_TAG=lt  LT_TIMEOUT=570 (seconds; the call limit is 600)
 set -euo pipefail
-mode="${1:?usage: longtail.sh MODE [ARGS...]}"
+mode="${1:?usage: longtail.sh MODE[,MODE...] [ARGS...]}"
+name="${mode//,/-}"
 shift
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -26,12 +27,12 @@ timeout "${LT_TIMEOUT:-570}" "$GPU_PY" benchmarks/engine_rollouts.py \
     --prompts-file benchmarks/gpu/prompts/math500-qwen2.5-coder-0.5b.json \
     --problems "${LT_PROBLEMS:-16}" --samples "${LT_SAMPLES:-8}" --epochs "${LT_EPOCHS:-4}" \
     --max-tokens "$tokens" --max-model-len $((tokens + 1024)) --temperature "${LT_TEMPERATURE:-1.0}" \
-    --device cuda --das pad_drafts=true --modes "$mode" --out "$out/$tag-$mode.json" "$@" \
-    > "$out/$tag-$mode.log" 2>&1
+    --device cuda --das pad_drafts=true --modes "$mode" --out "$out/$tag-$name.json" "$@" \
+    > "$out/$tag-$name.log" 2>&1
 rc=$?
 set -e
-grep -E '^\[engine_rollouts\]|^\{"|Graph capturing finished|DAS:|Error|error' "$out/$tag-$mode.log" | tail -n 25
-python3 - "$out/$tag-$mode.json" <<'PY' || true
+grep -E '^\[engine_rollouts\]|^\{"|Graph capturing finished|DAS:|Error|error' "$out/$tag-$name.log" | tail -n 25
+python3 - "$out/$tag-$name.json" <<'PY' || true
 import json, sys
 r = json.load(open(sys.argv[1]))
 for m, res in r["results"].items():

@@ -13,9 +13,10 @@ token per request, captured with vLLM's own and dispatched for such steps. DAS t
 step that drafts nothing undrafted and pays what no speculation pays (``stats()["plain_steps"]``).
 
 Invariant: a key added here has ``num_reqs == num_tokens`` (one per capture size up to
-``max_num_seqs``); vLLM's (1 + k)-token keys have ``num_reqs = num_tokens / (1 + k)``, so the
-two never collide. While a 1-token step is dispatched or captured, the runner's and the
-dispatcher's ``uniform_decode_query_len`` read 1 (restored after); nothing else changes.
+``max_num_seqs``, and ``max_num_seqs`` itself: :func:`one_token_sizes`); vLLM's (1 + k)-token
+keys have ``num_reqs = num_tokens / (1 + k)``, so the two never collide. While a 1-token step is
+dispatched or captured, the runner's and the dispatcher's ``uniform_decode_query_len`` read 1
+and the dispatcher pads to the 1-token sizes (both restored after); nothing else changes.
 
 Installed by the plugin in engine processes with a DAS config whose ``draft_free_graphs`` is
 on. A no-op for engines without full decode graphs (eager, CPU, PIECEWISE-only), without
@@ -45,17 +46,49 @@ def draft_free_keys(dispatcher: Any) -> frozenset:
     return getattr(dispatcher, KEYS_ATTR, frozenset())
 
 
+PAD_ATTR = "_das_draft_free_padding"
+"""Dispatcher attribute: request count -> padded 1-token step size (list indexed by count)."""
+
+
 @contextmanager
 def _one_token_steps(*objs: Any) -> Iterator[None]:
-    """Make ``objs`` (runner, dispatcher) see a uniform decode query length of 1."""
+    """Make ``objs`` (runner, dispatcher) see a uniform decode query length of 1, and the
+    dispatcher pad to the 1-token step sizes."""
     old = [o.uniform_decode_query_len for o in objs]
+    pads = [(o, o._bs_to_padded_graph_size) for o in objs if hasattr(o, PAD_ATTR)]
     for o in objs:
         o.uniform_decode_query_len = 1
+    for o, _ in pads:
+        o._bs_to_padded_graph_size = getattr(o, PAD_ATTR)
     try:
         yield
     finally:
         for o, v in zip(objs, old):
             o.uniform_decode_query_len = v
+        for o, table in pads:
+            o._bs_to_padded_graph_size = table
+
+
+def one_token_sizes(capture_sizes: list[int], max_num_seqs: int, max_capture_size: int) -> list[int]:
+    """Sizes (= requests) of the 1-token step graphs: vLLM's capture sizes that fit
+    ``max_num_seqs``, plus ``max_num_seqs`` itself when within ``max_capture_size``. vLLM rounds
+    the capture sizes to multiples of 1 + k, and a padded step may not have more requests than
+    ``max_num_seqs``: without the extra size, a step of all ``max_num_seqs`` requests (e.g. 1024
+    when 1025 is the next multiple of 5) would run eager."""
+    sizes = {s for s in capture_sizes if s <= max_num_seqs}
+    if max_num_seqs <= max_capture_size:
+        sizes.add(max_num_seqs)
+    return sorted(sizes)
+
+
+def _padding_table(sizes: list[int], max_capture_size: int) -> list[int]:
+    """Request count n (0..max_capture_size) -> the smallest size >= n, or n when none is."""
+    table, j = [], 0
+    for n in range(max_capture_size + 1):
+        while j < len(sizes) and sizes[j] < n:
+            j += 1
+        table.append(sizes[j] if j < len(sizes) else n)
+    return table
 
 
 def _wrap_initialize_keys(orig: Any) -> Any:
@@ -71,13 +104,15 @@ def _wrap_initialize_keys(orig: Any) -> Any:
             and cudagraph_mode.separate_routine()
             and self.vllm_config.lora_config is None
         ):
-            max_seqs = self.vllm_config.scheduler_config.max_num_seqs
+            max_size = self.compilation_config.max_cudagraph_capture_size
+            sizes = one_token_sizes(self.compilation_config.cudagraph_capture_sizes or [],
+                                    self.vllm_config.scheduler_config.max_num_seqs, max_size)
+            setattr(self, PAD_ATTR, _padding_table(sizes, max_size))
             with _one_token_steps(self):
-                for size in self.compilation_config.cudagraph_capture_sizes or []:
-                    if size <= max_seqs:
-                        desc = self._create_padded_batch_descriptor(size, True, False, 0)
-                        self.add_cudagraph_key(CUDAGraphMode.FULL, desc)
-                        keys.add(desc)
+                for size in sizes:
+                    desc = self._create_padded_batch_descriptor(size, True, False, 0)
+                    self.add_cudagraph_key(CUDAGraphMode.FULL, desc)
+                    keys.add(desc)
             logger.info("DAS: %d full CUDA graphs for draft-free decode steps (up to %d requests)",
                         len(keys), max((d.num_reqs for d in keys), default=0))
         setattr(self, KEYS_ATTR, frozenset(keys))
