@@ -319,10 +319,19 @@ def _wait_ready(proc: subprocess.Popen, ready: Path) -> None:
         time.sleep(0.05)
 
 
+ENGINE_LOG_KEYS = ("DAS", "openrlhf-das", "Graph capturing finished", "Asynchronous scheduling is")
+"""Engine log lines kept in a mode's result (``engine_log``): DAS messages (graphs, padding,
+faults), graph capture time and memory, the scheduling mode. The rest of a child's log is dropped."""
+
+
 def _child_result(proc: subprocess.CompletedProcess, mode: str) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("CHILD_RESULT "):
-            return json.loads(line[len("CHILD_RESULT "):])
+            out = json.loads(line[len("CHILD_RESULT "):])
+            logged = [x.strip() for x in (proc.stdout + proc.stderr).splitlines()
+                      if any(k in x for k in ENGINE_LOG_KEYS) and not x.startswith("CHILD_RESULT ")]
+            out["engine_log"] = list(dict.fromkeys(logged))[:40]
+            return out
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
     return {"mode": mode, "error": f"exit code {proc.returncode}"}
 

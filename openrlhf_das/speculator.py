@@ -156,8 +156,10 @@ class DASSpeculator:
             for rid, s in zip(request_ids, sampled):
                 self.tracker.on_verified(rid, len(s))
 
-    def step(self, batch: Sequence[StepRequest], num_running: int | None = None) -> list[list[int]]:
-        """Drafts (token-id lists, possibly empty) aligned with ``batch``."""
+    def step(self, batch: Sequence[StepRequest], num_running: int | None = None, fill: bool = False) -> list[list[int]]:
+        """Drafts (token-id lists, possibly empty) aligned with ``batch``. ``fill``: the engine
+        verifies the full k tokens per request anyway (padded drafts), so every request gets
+        ``config.fill_budget`` instead of its class budget (the gate and quota still apply)."""
         self.steps += 1
         tracker = self.tracker
         for req in batch:
@@ -169,7 +171,9 @@ class DASSpeculator:
 
         c = self.config
         classes = [self.class_of(r) for r in batch]
-        if c.length_policy:
+        if fill:
+            budgets = [c.fill_budget] * len(batch)
+        elif c.length_policy:
             budgets = [c.budgets.of(k) for k in classes]
         else:
             budgets = [c.flat_budget] * len(batch)

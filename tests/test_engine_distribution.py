@@ -38,7 +38,7 @@ HISTORY = 400
 ALPHA = 1e-3  # equality is rejected below this p-value (seeded engines: the run is deterministic)
 # N concurrent requests are far above the default gate (max_running 64), which would switch
 # drafting off for every step; the gate is off so DAS drafts at this batch size. Requests are
-# "long" (budget 4, factor 2) through their metadata.
+# "long" (budget 4, factor 2) through their metadata, or "short" on a padded engine (below).
 CONFIG = DASConfig.from_dict({"gate": {"mode": "off"}})
 
 
@@ -62,10 +62,16 @@ def plain(prompt) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def das(prompt, plain) -> dict:
-    sp = with_das_metadata(SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True), "chi", "long")
-    with running_llm(tiny_model(VOCAB), das=CONFIG, seed=12, per_request_spec_decode_metrics="detailed") as llm:
+@pytest.fixture(scope="module", params=["long", "short-padded"])
+def das(request, prompt, plain) -> dict:
+    """``long``: class budget 4. ``short-padded``: class budget 0, but drafts padded to k
+    (``pad_drafts``, as on GPU graphs) with ``fill_padded_drafts`` giving the request the full
+    budget: filler tokens and filled real drafts both go through the rejection sampler."""
+    cls, config = "long", CONFIG
+    if request.param == "short-padded":
+        cls, config = "short", CONFIG.with_overrides({"pad_drafts": True, "fill_padded_drafts": True})
+    sp = with_das_metadata(SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True), "chi", cls)
+    with running_llm(tiny_model(VOCAB), das=config, seed=12, per_request_spec_decode_metrics="detailed") as llm:
         load_history(llm, ["chi"] * HISTORY, plain["history"])
         outs = llm.generate([{"prompt_token_ids": prompt}] * N, sp, use_tqdm=False)
         stats = das_stats(llm)
@@ -93,6 +99,8 @@ def test_das_drafts_position_2(das) -> None:
     # the drafts are plausible (often accepted) but not forced (often rejected)
     assert 0.1 <= accepted / drafted <= 0.9
     assert total["drafted"] > 0 and total["accepted"] > 0
+    if das["stats"]["pad_drafts"]:  # a short request drafts only through fill_padded_drafts
+        assert das["stats"]["acceptance"]["by_class"]["short"]["drafted"] == total["drafted"]
 
 
 def test_position_2_distribution_equal(das, plain) -> None:

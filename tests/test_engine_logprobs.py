@@ -76,7 +76,10 @@ def runs(request, prompts) -> dict:
     config = CONFIG.with_overrides({"pad_drafts": True}) if pad else CONFIG
     with running_llm(tiny_model(VOCAB), das=config, logprobs_mode=mode) as llm:
         load_history(llm, PIDS, history)
-        das = llm.generate(reqs, [with_das_metadata(sp, pid, "long") for pid in PIDS], use_tqdm=False)
+        # padded: mixed classes, which fill_padded_drafts gives the full budget anyway
+        classes = ["short", "medium", "long"] if pad else ["long"]
+        das = llm.generate(reqs, [with_das_metadata(sp, pid, classes[i % len(classes)]) for i, pid in enumerate(PIDS)],
+                           use_tqdm=False)
         stats = das_stats(llm)
     return {"mode": mode + (" pad_drafts" if pad else ""), "plain": plain, "das": das, "stats": stats}
 
@@ -94,6 +97,8 @@ def test_drafts_accepted_and_rejected(runs) -> None:
     total = runs["stats"]["acceptance"]["total"]
     print(f"{runs['mode']}: {total}")
     assert 0 < total["accepted"] < total["drafted"]
+    if runs["stats"]["pad_drafts"]:  # short requests draft only through fill_padded_drafts
+        assert runs["stats"]["acceptance"]["by_class"]["short"]["drafted"] > 0
 
 
 def test_chosen_logprobs_match(runs) -> None:

@@ -91,6 +91,19 @@ def test_gate_above_max_running_returns_all_empty() -> None:
     assert spec.gated_steps == 2
 
 
+def test_fill_gives_every_request_the_largest_budget_but_keeps_the_gate() -> None:
+    spec = speculator()
+    r0, r1, r3 = response("p0"), response("p1"), response("p3")
+    batch = [request("a", "p0", r0[:10]), request("b", "p1", r1[:10]), request("c", "p3", r3[:10])]
+    assert spec.config.fill_budget.tokens == 4 and spec.config.fill_budget.factor == 2.0
+    assert spec.step(batch, fill=True) == [r0[10:14], r1[10:14], r3[10:14]]  # medium and short: 4 too
+    verified = [request("a", "p0", r0[:15], num_sampled=5), request("b", "p1", r1[:15], num_sampled=5),
+                request("c", "p3", r3[:15], num_sampled=5)]
+    assert spec.step(verified, num_running=65, fill=True) == [[]] * 3  # a gated step stays draft-free
+    short = spec.tracker.snapshot()["by_class"]["short"]
+    assert (short["drafted"], short["accepted"]) == (4, 4)  # still accounted by class
+
+
 def test_flat_budget_mode_ignores_classes() -> None:
     spec = speculator({"length_policy": False, "flat_budget": {"tokens": 3, "factor": 1.0}})
     r0, r3 = response("p0"), response("p3")

@@ -19,6 +19,8 @@ rejection sampler: outputs and logprobs are those of plain decoding.
 * With padding and ``draft_free_graphs`` (engines with full decode graphs), a step in which no
   request got a real draft (gate closed, nothing matched) is left undrafted instead of padded:
   :mod:`.draft_free_graphs` gives such 1-token steps a graph (``stats()["plain_steps"]``).
+* With padding and ``fill_padded_drafts``, a drafted step gives every request the largest
+  budget: its k verify tokens are paid whether they hold real drafts or filler.
 * Faults: any exception in the DAS path for a step yields empty drafts for that step (counted
   in ``stats()["engine_faults"]``); per-request faults are isolated inside the drafter.
 """
@@ -154,7 +156,8 @@ class DASProposer(SuffixDecodingProposer):
             rows.append(i)
             batch.append(StepRequest(rid, tok[i, :nt], int(num_prompt[i]), pid, cls, len(sampled[i]), offset))
         drafts: list[list[int]] = [[] for _ in range(n)]
-        for i, d in zip(rows, spec.step(batch, num_running=n)):
+        fill = self.pads and self.das_config.fill_padded_drafts
+        for i, d in zip(rows, spec.step(batch, num_running=n, fill=fill)):
             if d:
                 room = self.max_model_len - int(num_tokens[i]) - 1
                 drafts[i] = d[: min(k, room)]
