@@ -33,6 +33,11 @@ policy             request  problem  global  siblings  budgets
 ``das+siblings``   x        x                x         length classes + gate
 =================  =======  =======  ======  ========  ======================
 
+``--padded`` models a GPU engine on full CUDA graphs (``pad_drafts`` with draft-free graphs):
+a step in which any request has a draft verifies 1 + k tokens for *every* running request
+(k = the policy's largest budget), a step without drafts one token per request; DAS policies
+then draft with ``fill_padded_drafts`` as configured (every request gets the largest budget).
+
 Output: a JSON report (``--out``) and a PNG (``--plot``); numbers are simulated, and the
 report carries the trace header (which says whether the trace is synthetic).
 """
@@ -187,9 +192,13 @@ class PolicyResult:
 
 
 def simulate_step(
-    spec: DASSpeculator | None, step: int, samples: list[Sample], cost: CostModel, edges: Sequence[int], counts: _Counts
+    spec: DASSpeculator | None, step: int, samples: list[Sample], cost: CostModel, edges: Sequence[int], counts: _Counts,
+    padded: bool = False,
 ) -> dict[str, Any]:
-    """Run every sample of ``step`` to completion; returns the step's summary (seconds, tokens)."""
+    """Run every sample of ``step`` to completion; returns the step's summary (seconds, tokens).
+    ``padded``: a drafted engine step costs 1 + k query tokens per running request (see module doc)."""
+    pad_k = spec.config.max_budget if padded and spec is not None else 0
+    fill = bool(pad_k) and spec.config.fill_padded_drafts
     running = [
         _Running(
             f"{step}/{s.problem_id}/{s.sample_index}",
@@ -214,7 +223,7 @@ def simulate_step(
                     StepRequest(r.rid, r.full[: r.num_prompt + r.pos], r.num_prompt, r.problem_id, None, r.last)
                     for r in running
                 ]
-                drafts = spec.step(batch, num_running=n)
+                drafts = spec.step(batch, num_running=n, fill=fill)
             else:
                 spec.observe_gated([r.rid for r in running], [range(r.last) for r in running])
         query = n
@@ -241,6 +250,8 @@ def simulate_step(
                 verify_steps.append(r.engine_steps)
                 if spec is not None:
                     spec.finish(r.rid, keep_as_sibling=True)
+        if pad_k and drafts is not None and any(drafts):
+            query = n * (1 + pad_k)
         makespan += cost.step_seconds(query)
         engine_steps += 1
         running = still
@@ -293,8 +304,10 @@ def replay(
     cost: CostModel,
     flat_tokens: int = 4,
     flat_factor: float = 1.0,
+    padded: bool = False,
 ) -> dict[str, PolicyResult]:
-    """Simulate every step under every policy; results keyed by policy."""
+    """Simulate every step under every policy; results keyed by policy (``padded``: see
+    :func:`simulate_step`)."""
     edges = list(base.length_buckets)
     results: dict[str, PolicyResult] = {}
     specs: dict[str, DASSpeculator | None] = {}
@@ -315,7 +328,7 @@ def replay(
         for p, spec in specs.items():
             res = results[p]
             t0 = time.perf_counter()
-            res.steps.append(simulate_step(spec, step, samples, cost, edges, res.counts))
+            res.steps.append(simulate_step(spec, step, samples, cost, edges, res.counts, padded))
             res.wall_s += time.perf_counter() - t0
         feed.record(step, samples)
     for p, spec in specs.items():
@@ -445,17 +458,25 @@ def main() -> None:
     ap.add_argument("--per-token-ms", type=float, default=0.005, help="engine-step cost per query token (ms)")
     ap.add_argument("--out", default="replay_results.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    ap.add_argument("--padded", action="store_true",
+                    help="model a padded engine on CUDA graphs: a drafted step verifies 1 + k tokens per request")
+    ap.add_argument("--das", action="append", default=[], metavar="KEY=VALUE", help="DAS config override (YAML value)")
     args = ap.parse_args()
 
     base = DASConfig.from_yaml(args.config) if args.config else DASConfig()
     if args.window is not None:
         base = base.with_overrides({"window": args.window})
+    if args.das:
+        import yaml
+
+        base = base.with_overrides({k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.das)})
     policies = list(dict.fromkeys(["none", *args.policies]))  # ratios need the baseline
     cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3)
     head, steps = read_trace(args.trace)
     t0 = time.perf_counter()
-    results = replay(steps, policies, base, cost, args.flat_tokens, args.flat_factor)
+    results = replay(steps, policies, base, cost, args.flat_tokens, args.flat_factor, args.padded)
     rep = report(results, base.length_buckets, head, cost)
+    rep["padded"] = args.padded
     rep["wall_s"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(rep, indent=1))
     plot(rep, args.plot or str(Path(args.out).with_suffix(".png")))

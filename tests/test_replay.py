@@ -98,3 +98,31 @@ def test_das_shortens_makespan(tiny_report: dict) -> None:
     assert 0.0 < das["acceptance_rate"] <= 1.0
     by_bucket = sum(b["accepted"] for b in das["by_bucket"].values())
     assert by_bucket == das["accepted"] == sum(rec["accepted"] for rec in das["steps"])
+
+
+@pytest.fixture(scope="module")
+def tiny_steps(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = tmp_path_factory.mktemp("trace") / "tiny.jsonl"
+    write_trace(path, TINY, seed=0)
+    return read_trace(path)[1]
+
+
+def test_padded_engine_costs_k_per_request_in_drafted_steps(tiny_steps: dict) -> None:
+    cost = CostModel()
+    plain = replay(tiny_steps, ["problem"], DASConfig(), cost)["problem"]
+    padded = replay(tiny_steps, ["problem"], DASConfig(), cost, padded=True)["problem"]
+    # a flat policy drafts the same tokens either way: only the verify cost differs
+    assert [s["accepted"] for s in padded.steps] == [s["accepted"] for s in plain.steps]
+    assert [s["engine_steps"] for s in padded.steps] == [s["engine_steps"] for s in plain.steps]
+    assert padded.steps[0]["makespan_s"] == pytest.approx(plain.steps[0]["makespan_s"])  # no history: no drafts
+    assert all(p["makespan_s"] > q["makespan_s"] for p, q in zip(padded.steps[1:], plain.steps[1:]))
+
+
+def test_fill_padded_drafts_drafts_for_every_class(tiny_steps: dict) -> None:
+    cost = CostModel()
+    fill = replay(tiny_steps, ["das"], DASConfig(), cost, padded=True)["das"]
+    classes = replay(tiny_steps, ["das"], DASConfig().with_overrides({"fill_padded_drafts": False}), cost,
+                     padded=True)["das"]
+    assert fill.config["fill_padded_drafts"] and not classes.config["fill_padded_drafts"]
+    assert sum(s["drafted"] for s in fill.steps) > sum(s["drafted"] for s in classes.steps)
+    assert sum(s["accepted"] for s in fill.steps) > sum(s["accepted"] for s in classes.steps)
