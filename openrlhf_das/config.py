@@ -77,6 +77,12 @@ class GateConfig(_Strict):
     max_running: int = Field(default=64, ge=1)
     cost_table: str | None = None
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``off`` as False (``mode: off``, ``--das gate.mode=off``)."""
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _table_needed(self) -> "GateConfig":
         if self.mode == "cost_model":

@@ -113,6 +113,13 @@ def test_non_mapping_yaml(tmp_path: Path, text: str) -> None:
         DASConfig.from_yaml(path)
 
 
+def test_yaml_bare_off_is_the_off_gate(tmp_path: Path) -> None:
+    path = tmp_path / "off.yaml"
+    path.write_text("gate:\n  mode: off\n")  # YAML 1.1 reads a bare off as False
+    assert DASConfig.from_yaml(path).gate.mode == "off"
+    assert "gate.mode:" in _err({"gate": {"mode": True}})  # but not any boolean
+
+
 def test_empty_yaml_is_defaults(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing\n")
