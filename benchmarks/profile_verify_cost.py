@@ -10,6 +10,10 @@ draft length)``. Output: the JSON table ``gate.cost_table`` expects::
      "points": [{"batch": B, "tokens": N, "seconds": T}, ...]}
 
 Run it on the GPU (and settings) the rollouts will use; a CPU table only describes the CPU.
+On GPU the engine runs FULL_DECODE_ONLY graphs with padded drafts and draft-free graphs (the
+settings of docs/gpu.md): a step then verifies either 1 or 1 + k tokens per request, so only
+d = 0 and d = k are profiled there, and a drafted step's tokens are B × (1 + k) whatever was
+drafted; the cost-model gate decides per step on such an engine (``CostModelGate.keep``).
 """
 
 from __future__ import annotations
@@ -48,9 +52,13 @@ def main(argv=None) -> int:
 
     model = args.model if Path(args.model).is_dir() else str(materialize(args.model))
     k = max(max(drafts), 1)
+    padded = args.device == "cuda"
+    if padded:
+        drafts = sorted({0, k})
     cfg = DASConfig.from_dict({"length_policy": False, "flat_budget": {"tokens": k, "factor": 8.0}, "gate": {"mode": "off"},
-                               "use_siblings": False})
-    kw = {"enforce_eager": True} if args.device == "cpu" else {"compilation_config": {"mode": 0, "cudagraph_mode": "FULL"}}
+                               "use_siblings": False, "pad_drafts": padded})
+    kw = ({"enforce_eager": True} if args.device == "cpu"
+          else {"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}, "async_scheduling": False})
     llm = LLM(model=model, max_model_len=1024, max_num_seqs=max(batches), **kw, **engine_kwargs(cfg))
     rng = np.random.default_rng(0)
     nb = max(batches)
@@ -73,8 +81,9 @@ def main(argv=None) -> int:
             st = llm.collective_rpc("das_get_stats")[0]
             steps = max(st["steps"] - before, 1)
             drafted_per_step = st["acceptance"]["total"]["drafted"] / steps
-            points.append({"batch": b, "tokens": int(round(b + drafted_per_step)), "seconds": wall / steps,
-                           "draft_len": d, "engine_steps": steps})
+            tokens = b * (1 + k) if padded and d > 0 else int(round(b + drafted_per_step))
+            points.append({"batch": b, "tokens": tokens, "seconds": wall / steps, "draft_len": d,
+                           "engine_steps": steps, "padded": padded, "plain_steps": st.get("plain_steps")})
             print(json.dumps(points[-1]), flush=True)
     device = "cpu"
     if args.device == "cuda":

@@ -198,7 +198,6 @@ def simulate_step(
     """Run every sample of ``step`` to completion; returns the step's summary (seconds, tokens).
     ``padded``: a drafted engine step costs 1 + k query tokens per running request (see module doc)."""
     pad_k = spec.config.max_budget if padded and spec is not None else 0
-    fill = bool(pad_k) and spec.config.fill_padded_drafts
     running = [
         _Running(
             f"{step}/{s.problem_id}/{s.sample_index}",
@@ -223,7 +222,7 @@ def simulate_step(
                     StepRequest(r.rid, r.full[: r.num_prompt + r.pos], r.num_prompt, r.problem_id, None, r.last)
                     for r in running
                 ]
-                drafts = spec.step(batch, num_running=n, fill=fill)
+                drafts = spec.step(batch, num_running=n, padded_k=pad_k)
             else:
                 spec.observe_gated([r.rid for r in running], [range(r.last) for r in running])
         query = n

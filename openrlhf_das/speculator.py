@@ -156,10 +156,12 @@ class DASSpeculator:
             for rid, s in zip(request_ids, sampled):
                 self.tracker.on_verified(rid, len(s))
 
-    def step(self, batch: Sequence[StepRequest], num_running: int | None = None, fill: bool = False) -> list[list[int]]:
-        """Drafts (token-id lists, possibly empty) aligned with ``batch``. ``fill``: the engine
-        verifies the full k tokens per request anyway (padded drafts), so every request gets
-        ``config.fill_budget`` instead of its class budget (the gate and quota still apply)."""
+    def step(self, batch: Sequence[StepRequest], num_running: int | None = None, padded_k: int = 0) -> list[list[int]]:
+        """Drafts (token-id lists, possibly empty) aligned with ``batch``. ``padded_k`` > 0: the
+        engine pads every draft to that many tokens (CUDA graphs), so a drafted step verifies
+        them for every request anyway: with ``fill_padded_drafts`` every request gets
+        ``config.fill_budget`` instead of its class budget (the gate and quota still apply), and
+        the cost-model gate decides for the whole step."""
         self.steps += 1
         tracker = self.tracker
         for req in batch:
@@ -171,7 +173,7 @@ class DASSpeculator:
 
         c = self.config
         classes = [self.class_of(r) for r in batch]
-        if fill:
+        if padded_k > 0 and c.fill_padded_drafts:
             budgets = [c.fill_budget] * len(batch)
         elif c.length_policy:
             budgets = [c.budgets.of(k) for k in classes]
@@ -198,7 +200,7 @@ class DASSpeculator:
             for i, d in zip(live, self.drafter.propose(reqs)):
                 drafts[i] = d
             if self._cost_gate is not None:
-                keep = self._cost_gate.keep(drafts, running)
+                keep = self._cost_gate.keep(drafts, running, padded_k)
                 drafts = [d if k else EMPTY_DRAFT for d, k in zip(drafts, keep)]
             for i in live:
                 r = batch[i]

@@ -140,6 +140,19 @@ def test_cost_gate_keeps_only_profitable_prefix() -> None:
     assert CostModelGate(table).keep([Draft(), Draft()], num_running=2) == [False, False]
 
 
+def test_cost_gate_on_a_padded_engine_keeps_all_drafts_or_none() -> None:
+    drafts = [_draft(1, 0.9), Draft(), _draft(3, 0.2)]
+    # memory-bound: padding 8 requests to 1 + 4 tokens is nearly free -> draft the whole step,
+    # including the weak draft the unpadded rule would drop (its filler is verified anyway)
+    cheap = CostTable([(8, 8, 1.0), (8, 40, 1.01)])
+    assert CostModelGate(cheap).keep(drafts, num_running=8, padded_k=4) == [True, False, True]
+    # compute-bound: 5x the tokens at 2x the time needs more than 8 accepted tokens: none
+    dear = CostTable([(8, 8, 1.0), (8, 40, 2.0)])
+    assert CostModelGate(dear).keep(drafts, num_running=8, padded_k=4) == [False, False, False]
+    strong = [_draft(4, 3.0)] * 3  # 8 + 9 accepted over 2x the time beats 8 tokens: all
+    assert CostModelGate(dear).keep(strong, num_running=8, padded_k=4) == [True] * 3
+
+
 # ---------------------------------------------------------------------------- quota
 def test_quota_serves_long_first_then_medium_in_batch_order() -> None:
     classes = [M, L, S, L, M]

@@ -96,10 +96,10 @@ def test_fill_gives_every_request_the_largest_budget_but_keeps_the_gate() -> Non
     r0, r1, r3 = response("p0"), response("p1"), response("p3")
     batch = [request("a", "p0", r0[:10]), request("b", "p1", r1[:10]), request("c", "p3", r3[:10])]
     assert spec.config.fill_budget.tokens == 4 and spec.config.fill_budget.factor == 2.0
-    assert spec.step(batch, fill=True) == [r0[10:14], r1[10:14], r3[10:14]]  # medium and short: 4 too
+    assert spec.step(batch, padded_k=4) == [r0[10:14], r1[10:14], r3[10:14]]  # medium and short: 4 too
     verified = [request("a", "p0", r0[:15], num_sampled=5), request("b", "p1", r1[:15], num_sampled=5),
                 request("c", "p3", r3[:15], num_sampled=5)]
-    assert spec.step(verified, num_running=65, fill=True) == [[]] * 3  # a gated step stays draft-free
+    assert spec.step(verified, num_running=65, padded_k=4) == [[]] * 3  # a gated step stays draft-free
     short = spec.tracker.snapshot()["by_class"]["short"]
     assert (short["drafted"], short["accepted"]) == (4, 4)  # still accounted by class
 

@@ -8,7 +8,9 @@ Two modes (``DASConfig.gate``):
   for one forward pass of ``batch`` requests carrying ``tokens`` query tokens in total; written
   by ``benchmarks/profile_verify_cost.py`` on the target GPU). Drafts are kept, best
   expected-accepted-per-token first, only as far as they raise the step's token throughput:
-  ``(batch + Σ score) / T(batch, batch + Σ len) > batch / T(batch, batch)``.
+  ``(batch + Σ score) / T(batch, batch + Σ len) > batch / T(batch, batch)``. On an engine that
+  pads drafts to k (CUDA graphs), a drafted step costs ``T(batch, batch · (1 + k))`` whatever
+  is kept, so the choice is per step: all drafts, or none (a draft-free step).
 """
 
 from __future__ import annotations
@@ -69,13 +71,19 @@ class CostModelGate:
     def __init__(self, table: CostTable) -> None:
         self.table = table
 
-    def keep(self, drafts: Sequence[Draft], num_running: int) -> list[bool]:
-        """Mask over ``drafts``: True = keep the draft, False = drop it this step."""
+    def keep(self, drafts: Sequence[Draft], num_running: int, padded_k: int = 0) -> list[bool]:
+        """Mask over ``drafts``: True = keep the draft, False = drop it this step.
+        ``padded_k`` > 0: the engine pads every draft to that many tokens, so keep all drafts
+        iff ``(batch + Σ score) / T(batch, batch · (1 + k)) > batch / T(batch, batch)``."""
         b = max(num_running, 1)
         idx = [i for i, d in enumerate(drafts) if len(d)]
         mask = [False] * len(drafts)
         if not idx:
             return mask
+        if padded_k > 0:
+            gain = sum(drafts[i].score for i in idx)
+            keep_all = (b + gain) / self.table.seconds(b, b * (1 + padded_k)) > b / self.table.seconds(b, b)
+            return [keep_all and bool(len(d)) for d in drafts]
         idx.sort(key=lambda i: drafts[i].score / len(drafts[i]), reverse=True)
         best_rate = b / self.table.seconds(b, b)
         best_k = 0

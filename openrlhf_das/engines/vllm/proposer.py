@@ -156,8 +156,7 @@ class DASProposer(SuffixDecodingProposer):
             rows.append(i)
             batch.append(StepRequest(rid, tok[i, :nt], int(num_prompt[i]), pid, cls, len(sampled[i]), offset))
         drafts: list[list[int]] = [[] for _ in range(n)]
-        fill = self.pads and self.das_config.fill_padded_drafts
-        for i, d in zip(rows, spec.step(batch, num_running=n, fill=fill)):
+        for i, d in zip(rows, spec.step(batch, num_running=n, padded_k=k if self.pads else 0)):
             if d:
                 room = self.max_model_len - int(num_tokens[i]) - 1
                 drafts[i] = d[: min(k, room)]
