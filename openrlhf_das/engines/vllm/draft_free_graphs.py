@@ -18,8 +18,9 @@ keys have ``num_reqs = num_tokens / (1 + k)``, so the two never collide. While a
 dispatched or captured, the runner's and the dispatcher's ``uniform_decode_query_len`` read 1
 and the dispatcher pads to the 1-token sizes (both restored after); nothing else changes.
 
-Installed by the plugin in engine processes with a DAS config whose ``draft_free_graphs`` is
-on. A no-op for engines without full decode graphs (eager, CPU, PIECEWISE-only), without
+Installed by the DAS proposer's constructor (inside the model runner's, before the keys are set
+up and the graphs captured) when its config has ``draft_free_graphs`` on and the engine has full
+decode graphs. Adds nothing to engines without them (eager, CPU, PIECEWISE-only), without
 speculation, or with LoRA. Written against the V1 model runner of vLLM 0.26-0.29 (same code in
 both); attention-only models (hybrid Mamba/GDN layers build speculative metadata per step and
 are not covered).
@@ -38,16 +39,15 @@ logger = logging.getLogger(__name__)
 KEYS_ATTR = "_das_draft_free_keys"
 """Dispatcher attribute: the frozenset of BatchDescriptors added by :func:`install`."""
 
+PAD_ATTR = "_das_draft_free_padding"
+"""Dispatcher attribute: request count -> padded 1-token step size (list indexed by count)."""
+
 _MARK = "_das_draft_free"
 
 
 def draft_free_keys(dispatcher: Any) -> frozenset:
     """The 1-token-per-request decode keys added to ``dispatcher`` (empty if none)."""
     return getattr(dispatcher, KEYS_ATTR, frozenset())
-
-
-PAD_ATTR = "_das_draft_free_padding"
-"""Dispatcher attribute: request count -> padded 1-token step size (list indexed by count)."""
 
 
 @contextmanager
