@@ -31,6 +31,7 @@ policy             request  problem  global  siblings  budgets
 ``problem+global``          x        x                 flat (best score wins)
 ``das``            x        x                          length classes + gate
 ``das+siblings``   x        x                x         length classes + gate
+``das+all``        x        x        x       x         length classes + gate (engine default)
 =================  =======  =======  ======  ========  ======================
 
 ``--padded`` models a GPU engine on full CUDA graphs (``pad_drafts`` with draft-free graphs):
@@ -76,6 +77,7 @@ _FLAGS: dict[str, tuple[tuple[bool, bool, bool, bool], bool] | None] = {
     "problem+global": ((False, True, True, False), False),
     "das": ((True, True, False, False), True),
     "das+siblings": ((True, True, False, True), True),
+    "das+all": ((True, True, True, True), True),  # the engine's default sources
 }
 POLICIES = tuple(_FLAGS)
 
