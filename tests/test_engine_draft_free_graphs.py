@@ -204,3 +204,35 @@ def test_padded_proposer_leaves_draft_free_steps_undrafted() -> None:
     stock, batch = _proposer(plain_graphs=False)  # no 1-token graphs: pad every step (the old way)
     assert stock._pad([[], []], K, batch, [[9], [6]]) == [[9, 9, 9, 9], [6, 6, 6, 6]]
     assert stock.plain_steps == 0
+
+
+def _warn_proposer(plain_graphs: bool, capture_sizes: list[int]):
+    from openrlhf_das.config import DASConfig
+    from openrlhf_das.engines.vllm.proposer import DASProposer
+
+    p = object.__new__(DASProposer)
+    p.num_speculative_tokens, p.das_config, p._plain_graphs = K, DASConfig(), plain_graphs  # gate: max_running 64
+    p.vllm_config = SimpleNamespace(
+        model_config=SimpleNamespace(enforce_eager=False),
+        compilation_config=SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_DECODE_ONLY,
+                                           cudagraph_capture_sizes=capture_sizes),
+        scheduler_config=SimpleNamespace(max_num_seqs=MAX_SEQS))
+    return p
+
+
+def test_coverage_warnings_follow_what_steps_can_occur(caplog) -> None:
+    sizes = list(range(5, 505, 5))  # vLLM 0.26's default cap (512 tokens) at k = 4: 100 requests
+    dispatcher = _runner(True).cudagraph_dispatcher  # 1-token keys up to max_num_seqs
+    with caplog.at_level("WARNING", logger="openrlhf_das.engines.vllm.proposer"):
+        _warn_proposer(True, sizes)._warn_uncovered_decode_steps(dispatcher)
+    assert not caplog.records  # drafted steps have <= 64 requests; draft-free ones have graphs
+    with caplog.at_level("WARNING", logger="openrlhf_das.engines.vllm.proposer"):
+        p = _warn_proposer(False, sizes)  # every step padded: up to max_num_seqs requests
+        p._warn_uncovered_decode_steps(None)
+    assert p.graph_max_requests == 100
+    assert any("at most 100 requests" in r.getMessage() and "=1280" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    small = _runner(True, max_capture=160).cudagraph_dispatcher  # 1-token keys up to 160 requests
+    with caplog.at_level("WARNING", logger="openrlhf_das.engines.vllm.proposer"):
+        _warn_proposer(True, sizes)._warn_uncovered_decode_steps(small)
+    assert [r.getMessage() for r in caplog.records if "draft-free" in r.getMessage()]

@@ -193,24 +193,37 @@ class DASProposer(SuffixDecodingProposer):
             if want is None:
                 logger.info("DAS pad_drafts auto: %s (cudagraph_mode %s)", self._pads,
                             getattr(getattr(self.vllm_config, "compilation_config", None), "cudagraph_mode", None))
-            if self._pads and graphs:
-                self._warn_uncovered_decode_steps()
             dispatcher = getattr(self.runner, "cudagraph_dispatcher", None)
             self._plain_graphs = bool(self._pads and draft_free_graphs.draft_free_keys(dispatcher))
+            if self._pads and graphs:
+                self._warn_uncovered_decode_steps(dispatcher)
         return self._pads
 
-    def _warn_uncovered_decode_steps(self) -> None:
+    def _warn_uncovered_decode_steps(self, dispatcher: Any) -> None:
         """Padded steps of an engine with full decode graphs replay a graph only up to
-        ``graph_decode_requests`` requests: say so when the engine may run more at once (their
-        steps then run eager, several times slower)."""
+        ``graph_decode_requests`` requests: say so when a drafted step may have more (it then
+        runs eager, several times slower). With draft-free graphs, a drafted step has at most
+        ``gate.max_running`` requests (larger steps are draft-free); those have graphs up to the
+        largest 1-token key."""
         q = 1 + self.num_speculative_tokens
         self.graph_max_requests = graph_decode_requests(self.vllm_config, q)
         max_seqs = int(getattr(getattr(self.vllm_config, "scheduler_config", None), "max_num_seqs", 0) or 0)
-        if self.graph_max_requests < max_seqs:
+        drafted_max = max_seqs
+        gate = self.das_config.gate if self.das_config is not None else None
+        if self._plain_graphs and gate is not None and gate.mode == "max_running":
+            drafted_max = min(max_seqs, gate.max_running)
+        if self.graph_max_requests < drafted_max:
             logger.warning(
-                "DAS: CUDA graphs cover padded decode steps of at most %d requests (%d tokens each), "
-                "max_num_seqs is %d: larger steps run eager. Set compilation_config "
-                "max_cudagraph_capture_size=%d to cover them.", self.graph_max_requests, q, max_seqs, q * max_seqs)
+                "DAS: CUDA graphs cover padded decode steps of at most %d requests (%d tokens each); "
+                "drafted steps may have %d: larger ones run eager. Set compilation_config "
+                "max_cudagraph_capture_size=%d to cover them.", self.graph_max_requests, q, drafted_max,
+                q * drafted_max)
+        plain_max = max((d.num_reqs for d in draft_free_graphs.draft_free_keys(dispatcher)), default=0)
+        if self._plain_graphs and plain_max < max_seqs:
+            logger.warning(
+                "DAS: CUDA graphs cover draft-free decode steps of at most %d requests, max_num_seqs is %d: "
+                "larger steps run eager. Set compilation_config max_cudagraph_capture_size=%d to cover them.",
+                plain_max, max_seqs, max_seqs)
 
     # ------------------------------------------------------------------ request metadata
     def _meta_of(self, req_id: str) -> tuple[str | None, LengthClass | None, int]:
