@@ -87,11 +87,11 @@ def test_engine_level_fault(llm, prompts, params, baseline, monkeypatch) -> None
     real = DASSpeculator.step
     calls = {"n": 0}
 
-    def step(self, batch, num_running=None):
+    def step(self, batch, num_running=None, **kwargs):
         calls["n"] += 1
         if calls["n"] % 3 == 0:
             raise RuntimeError("planted speculator fault")
-        return real(self, batch, num_running)
+        return real(self, batch, num_running, **kwargs)
 
     monkeypatch.setattr(DASSpeculator, "step", step)
     before = das_stats(llm, reset=True)

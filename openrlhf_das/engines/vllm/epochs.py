@@ -104,6 +104,7 @@ def run_epochs(
     params = [with_das_metadata(sampling_params, pid) for pid in owners] if das else sampling_params
     history: list[Rollout] = []
     results: list[EpochResult] = []
+    seen = {"steps": 0, "gated_steps": 0}  # the engine's step counters are cumulative
     for epoch in range(epochs):
         finished: list[float] = []
         t0 = time.perf_counter()
@@ -117,7 +118,10 @@ def run_epochs(
             res.logprobs = [_chosen_logprobs(o.outputs[0]) for o in outs]
         if das:
             per_rank = llm.collective_rpc("das_get_stats", kwargs={"reset": True})
-            res.das_stats = per_rank[0]
+            res.das_stats = dict(per_rank[0])
+            for key in seen:  # this epoch's share as epoch_steps / epoch_gated_steps
+                res.das_stats[f"epoch_{key}"] = res.das_stats.get(key, 0) - seen[key]
+                seen[key] = res.das_stats.get(key, 0)
             res.ranks_agree = ranks_agree(per_rank) if len(per_rank) > 1 else None
             history = [r for r in history if r.step > epoch - window]
             history += [Rollout(pid, epoch, np.asarray(t, np.int32)) for pid, t in zip(owners, tokens)]
