@@ -220,19 +220,25 @@ def _warn_proposer(plain_graphs: bool, capture_sizes: list[int]):
     return p
 
 
-def test_coverage_warnings_follow_what_steps_can_occur(caplog) -> None:
+def test_coverage_warnings_follow_what_steps_can_occur(monkeypatch) -> None:
+    from openrlhf_das.engines.vllm import proposer as proposer_module
+
+    warned: list[str] = []  # the module logger directly: vLLM's logging set-up may stop propagation
+
+    class Recorder:
+        def warning(self, msg, *args) -> None:
+            warned.append(msg % args)
+
+    monkeypatch.setattr(proposer_module, "logger", Recorder())
     sizes = list(range(5, 505, 5))  # vLLM 0.26's default cap (512 tokens) at k = 4: 100 requests
     dispatcher = _runner(True).cudagraph_dispatcher  # 1-token keys up to max_num_seqs
-    with caplog.at_level("WARNING", logger="openrlhf_das.engines.vllm.proposer"):
-        _warn_proposer(True, sizes)._warn_uncovered_decode_steps(dispatcher)
-    assert not caplog.records  # drafted steps have <= 64 requests; draft-free ones have graphs
-    with caplog.at_level("WARNING", logger="openrlhf_das.engines.vllm.proposer"):
-        p = _warn_proposer(False, sizes)  # every step padded: up to max_num_seqs requests
-        p._warn_uncovered_decode_steps(None)
+    _warn_proposer(True, sizes)._warn_uncovered_decode_steps(dispatcher)
+    assert warned == []  # drafted steps have <= 64 requests; draft-free ones have graphs
+    p = _warn_proposer(False, sizes)  # every step padded: up to max_num_seqs requests
+    p._warn_uncovered_decode_steps(None)
     assert p.graph_max_requests == 100
-    assert any("at most 100 requests" in r.getMessage() and "=1280" in r.getMessage() for r in caplog.records)
-    caplog.clear()
+    assert len(warned) == 1 and "at most 100 requests" in warned[0] and "=1280" in warned[0]
+    warned.clear()
     small = _runner(True, max_capture=160).cudagraph_dispatcher  # 1-token keys up to 160 requests
-    with caplog.at_level("WARNING", logger="openrlhf_das.engines.vllm.proposer"):
-        _warn_proposer(True, sizes)._warn_uncovered_decode_steps(small)
-    assert [r.getMessage() for r in caplog.records if "draft-free" in r.getMessage()]
+    _warn_proposer(True, sizes)._warn_uncovered_decode_steps(small)
+    assert len(warned) == 1 and "draft-free decode steps of at most 160 requests" in warned[0]
