@@ -223,7 +223,7 @@ def _warn_proposer(plain_graphs: bool, capture_sizes: list[int]):
 def test_coverage_warnings_follow_what_steps_can_occur(monkeypatch) -> None:
     from openrlhf_das.engines.vllm import proposer as proposer_module
 
-    warned: list[str] = []  # the module logger directly: vLLM's logging set-up may stop propagation
+    warned: list[str] = []  # the proposer's warnings only (caplog also gets other loggers' records)
 
     class Recorder:
         def warning(self, msg, *args) -> None:
