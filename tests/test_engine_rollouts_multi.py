@@ -76,6 +76,11 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
     assert das["engines"] == 2
     assert das["acceptance"]["total"]["drafted"] == sum(d["acceptance"]["total"]["drafted"] for d in per)
     assert das["acceptance"]["total"]["accepted"] > 0  # greedy epoch 2 repeats epoch 1 per shard
+    for engine in report["results"]["das_flat"]["engines"]:  # the engine's step counters are cumulative
+        stats = [e["das"] for e in engine["epochs"]]
+        assert all(s["epoch_steps"] > 0 for s in stats)
+        assert sum(s["epoch_steps"] for s in stats) == stats[-1]["steps"]
+        assert sum(s["epoch_gated_steps"] for s in stats) == stats[-1]["gated_steps"]
 
 
 @pytest.mark.parametrize("mode, concurrency, extra, expected", [
