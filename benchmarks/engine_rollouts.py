@@ -104,11 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------- child: one mode
 def _das_config(args, flat: bool):
-    import yaml
+    from openrlhf_das.config import DASConfig, overrides_from_items
 
-    from openrlhf_das.config import DASConfig
-
-    over = {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.das)}
+    over = overrides_from_items(args.das)
     if flat:
         over.update({"length_policy": False, "flat_budget.tokens": args.k, "gate.mode": "off"})
     return DASConfig().with_overrides(over)

@@ -62,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_trace import open_text  # noqa: E402
 
-from openrlhf_das.config import DASConfig  # noqa: E402
+from openrlhf_das.config import DASConfig, overrides_from_items  # noqa: E402
 from openrlhf_das.drafter import HistorySnapshot, Rollout  # noqa: E402
 from openrlhf_das.policy import assign_length_classes, bucket_labels  # noqa: E402
 from openrlhf_das.speculator import DASSpeculator, StepRequest  # noqa: E402
@@ -468,9 +468,7 @@ def main() -> None:
     if args.window is not None:
         base = base.with_overrides({"window": args.window})
     if args.das:
-        import yaml
-
-        base = base.with_overrides({k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.das)})
+        base = base.with_overrides(overrides_from_items(args.das))
     policies = list(dict.fromkeys(["none", *args.policies]))  # ratios need the baseline
     cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3)
     head, steps = read_trace(args.trace)

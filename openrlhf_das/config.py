@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -238,6 +238,12 @@ class DASConfig(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+def overrides_from_items(items: Sequence[str]) -> dict[str, Any]:
+    """Dotted overrides from ``KEY=VALUE`` strings (benchmark ``--das`` flags); each VALUE is
+    read as YAML (``4`` an int, ``auto`` a string, ``off`` False, which ``gate.mode`` accepts)."""
+    return {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in items)}
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:

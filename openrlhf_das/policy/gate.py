@@ -80,12 +80,12 @@ class CostModelGate:
         mask = [False] * len(drafts)
         if not idx:
             return mask
+        best_rate = b / self.table.seconds(b, b)  # no drafts
         if padded_k > 0:
             gain = sum(drafts[i].score for i in idx)
-            keep_all = (b + gain) / self.table.seconds(b, b * (1 + padded_k)) > b / self.table.seconds(b, b)
+            keep_all = (b + gain) / self.table.seconds(b, b * (1 + padded_k)) > best_rate
             return [keep_all and bool(len(d)) for d in drafts]
         idx.sort(key=lambda i: drafts[i].score / len(drafts[i]), reverse=True)
-        best_rate = b / self.table.seconds(b, b)
         best_k = 0
         tokens, gain = b, 0.0
         for k, i in enumerate(idx, start=1):

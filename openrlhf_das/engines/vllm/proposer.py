@@ -209,8 +209,8 @@ class DASProposer(SuffixDecodingProposer):
         self.graph_max_requests = graph_decode_requests(self.vllm_config, q)
         max_seqs = int(getattr(getattr(self.vllm_config, "scheduler_config", None), "max_num_seqs", 0) or 0)
         drafted_max = max_seqs
-        gate = self.das_config.gate if self.das_config is not None else None
-        if self._plain_graphs and gate is not None and gate.mode == "max_running":
+        gate = self.das_config.gate  # padding is on, so DAS is
+        if self._plain_graphs and gate.mode == "max_running":
             drafted_max = min(max_seqs, gate.max_running)
         if self.graph_max_requests < drafted_max:
             logger.warning(
