@@ -90,9 +90,10 @@ def policy_config(policy: str, base: DASConfig, flat_tokens: int, flat_factor: f
     sources, length_policy = spec
     overrides: dict[str, Any] = dict(zip(_SOURCES, sources))
     overrides["length_policy"] = length_policy
-    if not length_policy:
+    if not length_policy:  # stock-like: flat budget, no gate, the best-scoring tree wins
         overrides["flat_budget"] = {"tokens": flat_tokens, "factor": flat_factor}
         overrides["gate.mode"] = "off"
+        overrides["global_fallback"] = False
     return base.with_overrides(overrides)
 
 
@@ -170,11 +171,13 @@ class _Running:
 
 @dataclass
 class _Counts:
-    """Per-bucket counters: decode steps, draft tokens, accepted draft tokens."""
+    """Per-bucket counters: decode steps, draft tokens, accepted draft tokens; and the
+    request-steps handed to the drafter (steps the gate let through, all buckets)."""
 
     decode_steps: list[int]
     drafted: list[int]
     accepted: list[int]
+    drafter_request_steps: int = 0
 
     @classmethod
     def zeros(cls, n: int) -> "_Counts":
@@ -225,6 +228,7 @@ def simulate_step(
                     for r in running
                 ]
                 drafts = spec.step(batch, num_running=n, padded_k=pad_k)
+                counts.drafter_request_steps += n
             else:
                 spec.observe_gated([r.rid for r in running], [range(r.last) for r in running])
         query = n
@@ -270,10 +274,16 @@ def simulate_step(
 
 # ---------------------------------------------------------------------------- history feed
 class HistoryFeed:
-    """What the trainer keeps: each problem's responses of its last ``window`` appearances."""
+    """What the trainer keeps: each problem's responses of its last ``window`` appearances.
 
-    def __init__(self, window: int) -> None:
+    ``scope``: ``"batch"`` ships the next batch's problems only; ``"all"`` every problem held,
+    as the history actor does for unpinned engines (differs only when problems do not recur)."""
+
+    def __init__(self, window: int, scope: str = "batch") -> None:
+        if scope not in ("batch", "all"):
+            raise ValueError(f"snapshot scope must be 'batch' or 'all', got {scope!r}")
         self.window = window
+        self.scope = scope
         self._by_problem: dict[str, deque[list[Rollout]]] = defaultdict(lambda: deque(maxlen=window))
 
     def record(self, step: int, samples: list[Sample]) -> None:
@@ -285,6 +295,8 @@ class HistoryFeed:
 
     def snapshot_bytes(self, problem_ids: Sequence[str], next_step: int) -> bytes:
         """The serialized snapshot an engine receives for a batch of ``problem_ids``."""
+        if self.scope == "all":
+            problem_ids = list(self._by_problem)
         rollouts = [r for pid in dict.fromkeys(problem_ids) for step in self._by_problem.get(pid, ()) for r in step]
         return HistorySnapshot.from_rollouts(rollouts, next_step).to_npz_bytes()
 
@@ -306,9 +318,10 @@ def replay(
     flat_tokens: int = 4,
     flat_factor: float = 1.0,
     padded: bool = False,
+    snapshot_scope: str = "batch",
 ) -> dict[str, PolicyResult]:
     """Simulate every step under every policy; results keyed by policy (``padded``: see
-    :func:`simulate_step`)."""
+    :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`)."""
     edges = list(base.length_buckets)
     results: dict[str, PolicyResult] = {}
     specs: dict[str, DASSpeculator | None] = {}
@@ -316,7 +329,7 @@ def replay(
         cfg = policy_config(p, base, flat_tokens, flat_factor)
         specs[p] = DASSpeculator(cfg) if cfg is not None else None
         results[p] = PolicyResult(p, cfg.to_dict() if cfg else None, _Counts.zeros(len(edges) + 1))
-    feed = HistoryFeed(base.window)
+    feed = HistoryFeed(base.window, snapshot_scope)
     for step, samples in steps.items():
         pids = [s.problem_id for s in samples]
         if step != next(iter(steps)):

@@ -68,6 +68,7 @@ class DASSpeculator:
             use_request_tree=config.use_request_tree,
             use_problem_tree=config.use_problem_tree,
             use_global_tree=config.use_global_tree,
+            global_fallback=config.global_fallback,
             use_siblings=config.use_siblings,
             live_step=live_step,
         )
@@ -91,6 +92,7 @@ class DASSpeculator:
         d.pattern_tokens = config.pattern_tokens
         d.use_request_tree, d.use_problem_tree = config.use_request_tree, config.use_problem_tree
         d.use_global_tree, d.use_siblings = config.use_global_tree, config.use_siblings
+        d.global_fallback = config.global_fallback
         self._max_running = MaxRunningGate(config.gate.max_running) if config.gate.mode == "max_running" else None
         self._cost_gate = (
             CostModelGate(CostTable.load(config.gate.cost_table))

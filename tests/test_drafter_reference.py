@@ -1,4 +1,6 @@
-"""The drafter's choice over its three sources vs a brute-force reference (hypothesis)."""
+"""The drafter's choice over its three sources vs a brute-force reference (hypothesis): the best
+score of the three, or with ``global_fallback`` the best of the request and problem trees and the
+global tree only when those give no draft."""
 
 from __future__ import annotations
 
@@ -36,13 +38,14 @@ def _legal(options, draft) -> bool:
     factor=st.sampled_from([0.5, 1.0, 2.0]),
     min_prob=st.sampled_from([0.1, 0.3, 0.6]),
     pattern_tokens=st.sampled_from([None, 2, 4]),
+    fallback=st.booleans(),
 )
-def test_propose_matches_brute_force(history, context, prompt_len, budget, factor, min_prob, pattern_tokens):
+def test_propose_matches_brute_force(history, context, prompt_len, budget, factor, min_prob, pattern_tokens, fallback):
     index = HistoryIndex(max_depth=DEPTH, window=10, max_tokens=10**6, global_tree=True)
     for pid, toks in history:
         index.add_rollout(pid, 0, toks)
     drafter = Drafter(index, max_depth=DEPTH, pattern_tokens=pattern_tokens, min_token_prob=min_prob,
-                      use_siblings=False)
+                      use_siblings=False, global_fallback=fallback)
     prompt_len = min(prompt_len, len(context))
     req = DraftRequest("r", np.array(context, np.int32), prompt_len, "a", budget, factor)
     [draft] = drafter.propose([req])
@@ -57,6 +60,8 @@ def test_propose_matches_brute_force(history, context, prompt_len, budget, facto
         name: reference_options(seqs, pattern, budget, factor, 0.0, min_prob, DEPTH) if seqs else {}
         for name, seqs in sources.items()
     }
+    if fallback and max(_bounds(opts[n])[1] for n in ("request", "problem")) > 0.0:
+        del opts["global"]  # the own and problem trees have a draft: the global tree is not consulted
     lo = max(_bounds(o)[0] for o in opts.values())
     hi = max(_bounds(o)[1] for o in opts.values())
     if hi == 0.0:

@@ -67,7 +67,7 @@ def test_long_and_medium_draft_recorded_continuation_short_costs_nothing() -> No
     assert out[2] == []  # short: no draft ...
     assert "c" not in spec.drafter.active_requests  # ... and no per-request tree work
     assert sorted(spec.drafter.active_requests) == ["a", "b"]
-    # live sibling text lags max_depth (64) tokens behind: nothing of these 10-token
+    # live sibling text lags max_depth (32) tokens behind: nothing of these 10-token
     # responses is in the problem trees yet, so a request never matches its own tail there
     assert spec.drafter.history.tokens == tokens_before
     assert spec.stats()["history"]["live_sequences"] == 0
@@ -179,10 +179,12 @@ def test_reentry_after_preemption_rebuilds_request_tree() -> None:
 def test_sibling_text_drafts_for_same_problem_in_same_step(keep: bool) -> None:
     spec = speculator()
     x = list(range(9000, 9200))  # new text, in no history
-    # A's live text enters the problem tree max_depth (64) tokens behind: x[:36] of x[:100]
+    depth = spec.config.max_depth
+    assert depth <= 64
+    # A's live text enters the problem tree max_depth tokens behind: x[:100 - depth] of x[:100]
     out = spec.step([request("A", "p0", x[:100], variant=1), request("B", "p0", x[:8], variant=2)])
     assert out[1] == x[8:12]  # B drafts from A's live tokens
-    assert spec.step([request("B", "p0", x[:40], variant=2)]) == [[]]  # past A's indexed text
+    assert spec.step([request("B", "p0", x[: 104 - depth], variant=2)]) == [[]]  # past A's indexed text
     spec.finish("A", keep_as_sibling=keep)  # kept: A's held-back tail joins the tree
     later = spec.step([request("C", "p0", x[:80], variant=3)])
     assert later == ([x[80:84]] if keep else [[]])

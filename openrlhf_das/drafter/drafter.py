@@ -7,7 +7,8 @@ Sources (each optional, see ``DASConfig``):
   preemption or a pause (or whenever its tokens are not an extension of what was indexed).
 * ``problem`` – the problem's tree in the :class:`HistoryIndex` (its last W steps of
   responses, plus live GRPO siblings of the current step).
-* ``global`` – the index's global tree over all problems' recent responses.
+* ``global`` – the index's global tree over all problems' recent responses; with
+  ``global_fallback`` only consulted when the other sources give no draft.
 
 The draft with the highest score wins (ties: request < problem < global order of preference).
 A draft is capped by ``min(budget, floor(match_len * factor + offset))`` and stops when the
@@ -72,6 +73,7 @@ class Drafter:
         use_request_tree: bool = True,
         use_problem_tree: bool = True,
         use_global_tree: bool = True,
+        global_fallback: bool = True,
         use_siblings: bool = True,
         live_step: int = 0,
     ) -> None:
@@ -84,6 +86,7 @@ class Drafter:
         self.use_request_tree = use_request_tree
         self.use_problem_tree = use_problem_tree
         self.use_global_tree = use_global_tree
+        self.global_fallback = global_fallback
         self.use_siblings = use_siblings
         self.live_step = live_step
         self.faults = 0
@@ -166,7 +169,11 @@ class Drafter:
                 d = speculate(tree, pattern, args, "problem")
                 if d.score > best.score:
                     best = d
-        if self.use_global_tree and self.history.global_tree is not None:
+        if (
+            self.use_global_tree
+            and self.history.global_tree is not None
+            and not (self.global_fallback and best.token_ids)
+        ):
             d = speculate(self.history.global_tree, pattern, args, "global")
             if d.score > best.score:
                 best = d
