@@ -126,3 +126,34 @@ def test_fill_padded_drafts_drafts_for_every_class(tiny_steps: dict) -> None:
     assert fill.config["fill_padded_drafts"] and not classes.config["fill_padded_drafts"]
     assert sum(s["drafted"] for s in fill.steps) > sum(s["drafted"] for s in classes.steps)
     assert sum(s["accepted"] for s in fill.steps) > sum(s["accepted"] for s in classes.steps)
+
+
+def test_snapshot_scope_all_ships_problems_outside_the_batch(tiny_steps: dict) -> None:
+    from drafter_sources import half_new  # noqa: PLC0415 - benchmark module, path set above
+    from replay import HistoryFeed  # noqa: PLC0415
+    from openrlhf_das.drafter import HistorySnapshot  # noqa: PLC0415
+
+    renamed = half_new(tiny_steps)
+    first = min(tiny_steps)
+    old = {s.problem_id for s in tiny_steps[first]}
+    for step, samples in renamed.items():
+        ids = {s.problem_id for s in samples}
+        # the first step as recorded; later ones: half the problems new, none new in two steps
+        assert (ids == old) if step == first else (len(ids - old) == len(old) // 2)
+    feed_batch, feed_all = HistoryFeed(5, "batch"), HistoryFeed(5, "all")
+    for feed in (feed_batch, feed_all):
+        feed.record(first, renamed[first])
+    nxt = sorted({s.problem_id for s in renamed[first + 1]})
+    in_batch = HistorySnapshot.from_npz_bytes(feed_batch.snapshot_bytes(nxt, first + 1))
+    in_all = HistorySnapshot.from_npz_bytes(feed_all.snapshot_bytes(nxt, first + 1))
+    assert {r.problem_id for r in in_all.rollouts()} == old
+    assert {r.problem_id for r in in_batch.rollouts()} == old & set(nxt)
+    with pytest.raises(ValueError, match="scope"):
+        HistoryFeed(5, "engine")
+    # the global tree serves the new problems only with every problem in the snapshot
+    acc = {
+        scope: sum(s["accepted"] for s in replay(renamed, ["das+all"], DASConfig(), CostModel(),
+                                                 snapshot_scope=scope)["das+all"].steps)
+        for scope in ("batch", "all")
+    }
+    assert acc["all"] > acc["batch"]
