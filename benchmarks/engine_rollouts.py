@@ -364,6 +364,7 @@ def merge_engines(results: list[dict]) -> dict:
             "ranks_agree": _all_agree([e.get("ranks_agree") for e in per]),
             "das": merge_engine_stats(das) if das else None,
             "finish_seconds": sorted(t for e in per for t in e.get("finish_seconds", [])),
+            "response_lengths": [n for e in per for n in e.get("response_lengths", [])],
         })
     return {"mode": results[0]["mode"], "engine_start_seconds": max(r["engine_start_seconds"] for r in results),
             "epochs": epochs, "engines": results}

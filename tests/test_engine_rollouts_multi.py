@@ -69,6 +69,7 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
             assert merged["seconds"] == max(e["seconds"] for e in per)
             assert merged["requests"] == 12 and merged["output_tokens"] == sum(e["output_tokens"] for e in per)
             assert len(merged["finish_seconds"]) == 12
+            assert sum(merged["response_lengths"]) == merged["output_tokens"] and len(merged["response_lengths"]) == 12
         first, second = res["engines"]  # one device: the second engine was built after the first
         assert second["engine_started_at"] >= first["engine_ready_at"]
     das = report["results"]["das_flat"]["epochs"][1]["das"]

@@ -108,5 +108,7 @@ def test_run_epochs_records_the_long_tail_timeline(prompts):
         assert len(done) == res.requests == 16
         assert done == sorted(done) and 0 < done[0] and done[-1] <= res.seconds
         assert res.summary()["finish_seconds"] == [round(t, 4) for t in done]
+        assert res.summary()["response_lengths"] == res.response_lengths
+        assert sum(res.response_lengths) == res.output_tokens
     lengths = [n for r in results for n in r.response_lengths]
     assert min(lengths) < max(lengths)  # a real tail: not every request ran to max_tokens

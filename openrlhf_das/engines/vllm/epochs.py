@@ -41,7 +41,9 @@ class EpochResult:
     aside); None for a single rank or no DAS."""
     finish_seconds: list[float] = field(default_factory=list, repr=False)
     """Seconds from the epoch's start at which each request finished, in finishing order (the
-    long-tail timeline: requests still running at t = requests - #finish_seconds <= t)."""
+    long-tail timeline: requests still running at t = requests - #finish_seconds <= t). Without
+    speculation a request of L tokens finishes at decode step ~L, so sorted lengths paired with
+    these times give the engine's step rate at each batch size."""
     digests: list[str] = field(default_factory=list, repr=False)
     """Per request (submission order), the first 12 hex digits of sha1 over its output token
     ids: greedy runs of two modes agree on a request iff its digests are equal."""
@@ -64,6 +66,7 @@ class EpochResult:
             "das": self.das_stats,
             "ranks_agree": self.ranks_agree,
             "finish_seconds": [round(t, 4) for t in self.finish_seconds],
+            "response_lengths": self.response_lengths,
             "output_digests": self.digests,
         }
 
