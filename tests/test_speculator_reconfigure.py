@@ -31,3 +31,27 @@ def test_reconfigure_switches_budget_and_gate_but_keeps_history_and_stats() -> N
     spec.reconfigure(spec.config.with_overrides({"gate.mode": "max_running", "gate.max_running": 1}))
     assert spec.step([_req(11), StepRequest("other", _req(11).tokens, 3, "p")]) == [[], []]
     assert spec.drafter.history.problem_ids() == ["p"]
+
+
+def test_global_tree_is_a_fallback_unless_configured_otherwise() -> None:
+    """Problem p's history continues a pattern two ways (score 2 over 4 tokens); problem q's six
+    responses continue it one way, so the global tree scores 3. With ``global_fallback`` p's own
+    tree wins; without it the best score (global) does. A problem with no draft of its own falls
+    back to the global tree either way. The knob switches between steps."""
+    pattern = list(range(7, 13))
+    rollouts = [Rollout("p", 0, np.array(pattern + [100, 101, 102, 103], np.int32)),
+                Rollout("p", 0, np.array(pattern + [200, 201, 202, 203], np.int32))]
+    rollouts += [Rollout("q", 0, np.array(pattern + [300, 301, 302, 303], np.int32)) for _ in range(6)]
+    cfg = DASConfig.from_dict({"length_policy": False, "flat_budget": {"tokens": 4, "factor": 4.0},
+                               "gate": {"mode": "off"}, "use_siblings": False})
+    assert cfg.global_fallback  # the default
+    spec = DASSpeculator(cfg)
+    spec.load_snapshot(HistorySnapshot.from_rollouts(rollouts, next_step=1))
+
+    def draft(pid: str, rid: str) -> list[int]:
+        return spec.step([StepRequest(rid, np.array([1, 2, 3] + pattern, np.int32), 3, pid)])[0]
+
+    assert draft("p", "a") in ([100, 101, 102, 103], [200, 201, 202, 203])
+    assert draft("new", "b") == [300, 301, 302, 303]  # no tree of its own: the global tree
+    spec.reconfigure(cfg.with_overrides({"global_fallback": False}))
+    assert draft("p", "c") == [300, 301, 302, 303]  # best score wins
