@@ -101,9 +101,10 @@ class DASConfig(_Strict):
     """Suffix-tree depth: longest indexed suffix; match length + draft length <= max_depth, and
     the newest ``max_depth`` tokens of a running request are held back from its siblings. Each
     token inserted into a shared tree costs work per depth level. Measured on the real H100 trace
-    (``benchmarks/replay.py --padded``, 2-core CPU): 32 instead of the DAS authors' 64 cut drafting
-    time by 16 % and accepted 1 % more draft tokens; with ``pattern_tokens`` 16 and budgets <= 8 no
-    match + draft path needs more than 24."""
+    (``benchmarks/drafter_sources.py``, ``benchmarks/results/cpu-drafter-sources.json``, 2-core
+    CPU, global tree always asked): 32 instead of the DAS authors' 64 cut drafting time per
+    request-step by 12-16 % and accepted 1 % more draft tokens; with ``pattern_tokens`` 16 and
+    budgets <= 8 no match + draft path needs more than 24."""
     window: int = Field(default=5, ge=1, le=1000)
     """W: a problem's tree holds its responses from the last W steps in which it appeared."""
     history_max_tokens: int = Field(default=200_000_000, ge=1)
@@ -114,9 +115,9 @@ class DASConfig(_Strict):
     global_fallback: bool = True
     """Consult the global tree only for requests whose own and problem trees give no draft
     (False: always, the best score of the three wins). Measured on the real H100 trace
-    (``benchmarks/results/cpu-drafter-sources.json``): fallback accepted more draft tokens than
-    always-best-score for 8 % less drafting time, with every problem recurring and with half the
-    problems new each step."""
+    (``benchmarks/results/cpu-drafter-sources.json``, depth 32): fallback accepted 0.5-0.9 % more
+    draft tokens than always-best-score for 7-9 % less drafting time, with every problem
+    recurring and with half the problems new each step."""
     use_siblings: bool = True
     """Append in-flight responses of the same problem (GRPO siblings) to its tree live."""
     min_token_prob: float = Field(default=0.1, gt=0.0, le=1.0)
