@@ -103,7 +103,7 @@ class DASConfig(_Strict):
     token inserted into a shared tree costs work per depth level. Measured on the real H100 trace
     (``benchmarks/drafter_sources.py``, ``benchmarks/results/cpu-drafter-sources.json``, 2-core
     CPU, global tree always asked): 32 instead of the DAS authors' 64 cut drafting time per
-    request-step by 12-16 % and accepted 1 % more draft tokens; with ``pattern_tokens`` 16 and
+    request-step by 11 % and accepted 1 % more draft tokens; with ``pattern_tokens`` 16 and
     budgets <= 8 no match + draft path needs more than 24."""
     window: int = Field(default=5, ge=1, le=1000)
     """W: a problem's tree holds its responses from the last W steps in which it appeared."""
@@ -116,7 +116,7 @@ class DASConfig(_Strict):
     """Consult the global tree only for requests whose own and problem trees give no draft
     (False: always, the best score of the three wins). Measured on the real H100 trace
     (``benchmarks/results/cpu-drafter-sources.json``, depth 32): fallback accepted 0.5-0.9 % more
-    draft tokens than always-best-score for 7-9 % less drafting time, with every problem
+    draft tokens than always-best-score for 5-9 % less drafting time, with every problem
     recurring and with half the problems new each step."""
     use_siblings: bool = True
     """Append in-flight responses of the same problem (GRPO siblings) to its tree live."""
