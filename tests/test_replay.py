@@ -58,10 +58,16 @@ def test_trace_is_labelled_and_deterministic(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def tiny_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """(header, samples by step) of the TINY synthetic trace, written and read back once."""
     path = tmp_path_factory.mktemp("trace") / "tiny.jsonl"
     write_trace(path, TINY, seed=0)
-    head, steps = read_trace(path)
+    return read_trace(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_trace: tuple[dict, dict]) -> dict:
+    head, steps = tiny_trace
     cost = CostModel()
     base = DASConfig()
     results = replay(steps, ["none", "problem", "das", "das+siblings"], base, cost)
@@ -101,10 +107,8 @@ def test_das_shortens_makespan(tiny_report: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_steps(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    path = tmp_path_factory.mktemp("trace") / "tiny.jsonl"
-    write_trace(path, TINY, seed=0)
-    return read_trace(path)[1]
+def tiny_steps(tiny_trace: tuple[dict, dict]) -> dict:
+    return tiny_trace[1]
 
 
 def test_padded_engine_costs_k_per_request_in_drafted_steps(tiny_steps: dict) -> None:
@@ -138,7 +142,7 @@ def test_snapshot_scope_all_ships_problems_outside_the_batch(tiny_steps: dict) -
     old = {s.problem_id for s in tiny_steps[first]}
     for step, samples in renamed.items():
         ids = {s.problem_id for s in samples}
-        # the first step as recorded; later ones: half the problems new, none new in two steps
+        # the first step as recorded; in each later one half the problems are new
         assert (ids == old) if step == first else (len(ids - old) == len(old) // 2)
     feed_batch, feed_all = HistoryFeed(5, "batch"), HistoryFeed(5, "all")
     for feed in (feed_batch, feed_all):
