@@ -168,6 +168,12 @@ class DASConfig(_Strict):
     every request) took 5.9-8.3 s per epoch against 8.6-12.7 s for class budgets. False: class
     budgets also under padding."""
 
+    async_scheduling: bool = False
+    """Engine: keep vLLM's async scheduling (speculative method ``ngram_gpu``, whose proposer
+    DAS replaces: ``engines/vllm/async_proposer.py``) instead of the synchronous scheduling vLLM
+    forces on CPU drafters (method ``suffix``). Scheduling and output processing then overlap
+    the GPU step; a drafted step still waits for its drafts. Not yet measured on a GPU."""
+
     @field_validator("pad_drafts", mode="before")
     @classmethod
     def _pad_auto(cls, value: Any) -> Any:

