@@ -12,6 +12,8 @@ engine in its own subprocess, on the same prompts:
     suffix       stock vLLM ``suffix`` (global tree + per-request tree)      (c)
     das_flat     DAS drafter, every request budget k (no length policy)      (d)
     das          full DAS (length classes, promotion, batch gate)            (e)
+    das_async    full DAS keeping vLLM's async scheduling (``async_scheduling``:
+                 method ``ngram_gpu`` with the DAS async proposer)            (e')
 
 Output: JSON with per-epoch rollout seconds, tokens/s, acceptance per length bucket (DAS),
 drafter CPU share, and ratios vs (a)/(a') from the same run; a PNG; optionally the rollouts of
@@ -46,7 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("nospec", "nospec_sync", "ngram", "suffix", "das_flat", "das")
+MODES = ("nospec", "nospec_sync", "ngram", "suffix", "das_flat", "das", "das_async")
+DAS_MODES = ("das_flat", "das", "das_async")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,11 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------- child: one mode
-def _das_config(args, flat: bool):
+def _das_config(args, mode: str):
+    """The DAS config of a DAS mode: ``--das`` overrides, then what the mode fixes."""
     from openrlhf_das.config import DASConfig, overrides_from_items
 
     over = overrides_from_items(args.das)
-    if flat:
+    if mode == "das_async":
+        over["async_scheduling"] = True
+    if mode == "das_flat":
         over.update({"length_policy": False, "flat_budget.tokens": args.k, "gate.mode": "off"})
     return DASConfig().with_overrides(over)
 
@@ -144,8 +150,8 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
                                     "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     elif mode == "suffix":
         kw["speculative_config"] = {"method": "suffix", "num_speculative_tokens": args.k}
-    elif mode in ("das", "das_flat"):
-        kw.update(engine_kwargs(_das_config(args, flat=mode == "das_flat")))
+    elif mode in DAS_MODES:
+        kw.update(engine_kwargs(_das_config(args, mode)))
     return kw
 
 
@@ -155,8 +161,8 @@ VLLM_DEFAULT_MAX_CAPTURE = 512
 
 def _query_len(args, mode: str) -> int:
     """Tokens per request of a (padded) decode step in ``mode``: 1 + k with speculation."""
-    if mode in ("das", "das_flat"):
-        return 1 + _das_config(args, flat=mode == "das_flat").max_budget
+    if mode in DAS_MODES:
+        return 1 + _das_config(args, mode).max_budget
     return 1 + args.k if mode in ("ngram", "suffix") else 1
 
 
@@ -201,8 +207,8 @@ def run_child(args) -> None:
                 raise SystemExit("engine_rollouts: the parent process exited before the start")
             time.sleep(0.05)
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
-    das = mode in ("das", "das_flat")
-    cfg = _das_config(args, flat=mode == "das_flat") if das else None
+    das = mode in DAS_MODES
+    cfg = _das_config(args, mode) if das else None
     results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
                          window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True)
     out = {"mode": mode, "engine_start_seconds": start_s, "engine_started_at": started_at, "engine_ready_at": ready_at,

