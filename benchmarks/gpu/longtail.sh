@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of the long-tail rollout benchmark (docs/gpu.md, "The long-tail run"):
 #   bash benchmarks/gpu/longtail.sh MODE [EXTRA engine_rollouts.py ARGS...]
-# runs MODE (nospec, nospec_sync, ngram, suffix, das_flat, das) of one fixed workload and writes
+# runs MODE (nospec, nospec_sync, ngram, suffix, das_flat, das, das_async) of one fixed workload and writes
 # $OUT/lt-MODE.json (+ .png, and log). Every call of a session must use the same LT_* values
 # so that `engine_rollouts.py --merge` accepts the files. Run on the GPU machine after the
 # bring-up (benchmarks/gpu/install.sh ready). Env (defaults):
@@ -40,7 +40,8 @@ for m, res in r["results"].items():
         d = e.get("das") or {}
         print(m, "epoch", e["epoch"], "s=%.2f" % e["seconds"], "tok=%d" % e["output_tokens"], "maxlen=%d" % e["max_response_length"],
               "start=%.1f" % res.get("engine_start_seconds", 0), "plain=%s" % d.get("plain_steps"), "steps=%s" % d.get("steps"),
-              "gated=%s" % d.get("gated_steps"), "acc=%s" % (d.get("acceptance") or {}).get("total"))
+              "gated=%s" % d.get("gated_steps"), "async_free=%s" % d.get("async_free_steps"),
+              "acc=%s" % (d.get("acceptance") or {}).get("total"))
 print(json.dumps(r["summary"]))
 PY
 exit $rc
