@@ -138,7 +138,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self._len_host = torch.zeros(rows, dtype=torch.int32, pin_memory=pin)
         self._valid_host = torch.zeros(rows, dtype=torch.int32, pin_memory=pin)
         self._copy_event = torch.cuda.Event() if pin else None
-        self._deferred = bool(getattr(runner, "use_async_scheduling", False))
+        self._deferred: bool | None = None  # the runner's async scheduling, read at the first step
         self._pending: _Pending | None = None
         self._ctx: dict[str, _Context] = {}
         self.async_drafted_steps = 0  # steps whose drafts were made in complete_pending
@@ -168,6 +168,8 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
                                             valid_sampled_token_ids_gpu, valid_sampled_tokens_count)
         t0 = time.perf_counter()
         n = int(num_tokens_no_spec.shape[0])
+        if self._deferred is None:
+            self._deferred = bool(getattr(self.runner, "use_async_scheduling", False))
         try:
             new_len = self._append_history(num_tokens_no_spec, token_ids_gpu, valid_sampled_token_ids_gpu,
                                            valid_sampled_tokens_count)
@@ -336,7 +338,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
 
     def _extra_stats(self, reset: bool) -> dict[str, Any]:
         out = {
-            "async_scheduling": self._deferred,
+            "async_scheduling": bool(self._deferred),
             "async_drafted_steps": self.async_drafted_steps,
             "async_free_steps": self.async_free_steps,
             "context_fetches": self.context_fetches,
