@@ -81,6 +81,24 @@ def smollm2_fp32() -> str:
     return str(materialize(SMOLLM2, dtype="float32"))
 
 
+def shortest_math_prompts(model: str, n: int) -> tuple[list[str], list[list[int]]]:
+    """(problem ids, chat-templated prompt token ids) of the ``n`` shortest MATH-500 prompts of
+    the shipped dataset, with ``model``'s chat template."""
+    from transformers import AutoTokenizer
+
+    from openrlhf_das.data import load_math, to_chat_messages
+
+    tok = AutoTokenizer.from_pretrained(model)
+    ds = load_math("math500")
+    rows = []
+    for pid, text in zip(ds["problem_id"], ds["prompt"]):
+        ids = tok.apply_chat_template(to_chat_messages(text), add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        rows.append((len(ids), pid, ids))
+    rows.sort(key=lambda r: r[0])
+    return [r[1] for r in rows[:n]], [r[2] for r in rows[:n]]
+
+
 def random_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
     """``n`` token-id prompts avoiding ids 0/1 (eos/unk of the tiny tokenizer)."""
     rng = np.random.default_rng(seed)

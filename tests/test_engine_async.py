@@ -27,11 +27,11 @@ from engine_fixtures import (
     inproc_drafter,
     load_history,
     running_llm,
+    shortest_math_prompts,
     smollm2_fp32,
     token_ids,
 )
 from openrlhf_das.config import DASConfig
-from openrlhf_das.data import load_math, to_chat_messages
 from openrlhf_das.engines.vllm.async_proposer import DASAsyncProposer
 from openrlhf_das.engines.vllm.factory import with_das_metadata
 
@@ -51,19 +51,7 @@ def model() -> str:
 
 @pytest.fixture(scope="module")
 def problems(model) -> tuple[list[str], list[list[int]]]:
-    """(problem ids, chat-templated prompt token ids) of the NUM_PROMPTS shortest prompts."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    ds = load_math("math500")
-    rows = []
-    for pid, text in zip(ds["problem_id"], ds["prompt"]):
-        ids = tok.apply_chat_template(to_chat_messages(text), add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        rows.append((len(ids), pid, ids))
-    rows.sort(key=lambda r: r[0])
-    rows = rows[:NUM_PROMPTS]
-    return [r[1] for r in rows], [r[2] for r in rows]
+    return shortest_math_prompts(model, NUM_PROMPTS)
 
 
 def _params(**kw) -> SamplingParams:
@@ -201,14 +189,20 @@ def test_repetition_penalty_identical(engine, problems, plain) -> None:
     _assert_identical(outs, plain["penalty"])
 
 
-def test_drafter_fault_falls_back_to_plain_decoding(engine, problems, plain, monkeypatch) -> None:
+@pytest.mark.parametrize("where", ["drafting", "propose"])
+def test_drafter_fault_falls_back_to_plain_decoding(engine, problems, plain, monkeypatch, where) -> None:
+    """A fault while drafting (start of the next step) or in ``propose`` (end of a step) leaves
+    that step without drafts; the rollout goes on and stays identical."""
     pids, prompts = problems
     drafter = inproc_drafter(engine)
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected drafter fault")
 
-    monkeypatch.setattr(drafter.speculator, "step", broken)
+    if where == "drafting":
+        monkeypatch.setattr(drafter.speculator, "step", broken)
+    else:
+        monkeypatch.setattr(drafter, "_append_history", broken)
     outs = _generate(engine, prompts, _params(), pids)
     st = das_stats(engine, reset=True)
     assert st["engine_faults"] > 0

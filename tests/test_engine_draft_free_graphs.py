@@ -221,7 +221,7 @@ def _warn_proposer(plain_graphs: bool, capture_sizes: list[int]):
 
 
 def test_coverage_warnings_follow_what_steps_can_occur(monkeypatch) -> None:
-    from openrlhf_das.engines.vllm import proposer as proposer_module
+    from openrlhf_das.engines.vllm import drafting as drafting_module
 
     warned: list[str] = []  # the proposer's warnings only (caplog also gets other loggers' records)
 
@@ -229,7 +229,7 @@ def test_coverage_warnings_follow_what_steps_can_occur(monkeypatch) -> None:
         def warning(self, msg, *args) -> None:
             warned.append(msg % args)
 
-    monkeypatch.setattr(proposer_module, "logger", Recorder())
+    monkeypatch.setattr(drafting_module, "logger", Recorder())
     sizes = list(range(5, 505, 5))  # vLLM 0.26's default cap (512 tokens) at k = 4: 100 requests
     dispatcher = _runner(True).cudagraph_dispatcher  # 1-token keys up to max_num_seqs
     _warn_proposer(True, sizes)._warn_uncovered_decode_steps(dispatcher)

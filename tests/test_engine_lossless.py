@@ -32,11 +32,11 @@ from engine_fixtures import (
     first_difference,
     load_history,
     running_llm,
+    shortest_math_prompts,
     smollm2_fp32,
     token_ids,
 )
 from openrlhf_das.config import DASConfig
-from openrlhf_das.data import load_math, to_chat_messages
 from openrlhf_das.engines.vllm.factory import with_das_metadata
 
 pytestmark = pytest.mark.engine
@@ -55,19 +55,7 @@ def model() -> str:
 
 @pytest.fixture(scope="module")
 def problems(model) -> tuple[list[str], list[list[int]]]:
-    """(problem ids, chat-templated prompt token ids) of the NUM_PROMPTS shortest prompts."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    ds = load_math("math500")
-    rows = []
-    for pid, text in zip(ds["problem_id"], ds["prompt"]):
-        ids = tok.apply_chat_template(to_chat_messages(text), add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        rows.append((len(ids), pid, ids))
-    rows.sort(key=lambda r: r[0])
-    rows = rows[:NUM_PROMPTS]
-    return [r[1] for r in rows], [r[2] for r in rows]
+    return shortest_math_prompts(model, NUM_PROMPTS)
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,6 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         spec = vllm_config.speculative_config
         self.device = device
         self.k = self.num_speculative_tokens = int(spec.num_speculative_tokens)
-        self.min_n, self.max_n = spec.prompt_lookup_min, spec.prompt_lookup_max
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
         self._init_das(vllm_config, runner, config)
@@ -199,7 +198,8 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             self._pending = None
             self._ctx.clear()
             self._forget_pending(list(self.runner.input_batch.req_ids[:n]))
-            return self._hand_back_nothing(n)
+            self._valid_gpu[:n].zero_()  # vLLM copies these zero counts and trims every draft
+            return self._drafts_gpu[:n], self._valid_gpu[:n]
         finally:
             self.propose_seconds += time.perf_counter() - t0
 
