@@ -122,6 +122,7 @@ def test_synchronous_engine_drafts_in_propose(model, problems, plain) -> None:
         st = das_stats(llm)
     print(f"sync engine: {st['acceptance']['total']}")
     assert st["async_scheduling"] is False and st["async_drafted_steps"] > 0
+    assert st["critical_seconds"] == 0 and st["propose_seconds"] > 0  # all of it inside propose
     assert st["acceptance"]["total"]["accepted"] > 0 and st["engine_faults"] == 0
     _assert_identical(outs, plain["plain"])
 
@@ -142,6 +143,7 @@ def test_drafts_accepted_and_rejected(drafted) -> None:
     total = st["acceptance"]["total"]
     print(f"async DAS: {total}; drafted steps {st['async_drafted_steps']}, context fetches {st['context_fetches']}")
     assert st["async_scheduling"] and st["async_drafted_steps"] > 0
+    assert 0 < st["critical_seconds"] <= st["propose_seconds"]  # drafting at a step's start is timed
     assert total["accepted"] > 0 and total["accepted"] < total["drafted"]  # planted tokens rejected
     assert st["engine_faults"] == 0 and st["faults"] == 0
     # every request's context was copied from the GPU history once, then extended on the host

@@ -143,6 +143,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self.async_drafted_steps = 0  # steps whose drafts were made in complete_pending
         self.async_free_steps = 0  # gated steps handed back without waiting for the GPU
         self.context_fetches = 0  # request contexts copied from the GPU history
+        self.critical_seconds = 0.0  # async: host time the GPU waits for (drafting at a step's start)
         install(type(runner))
         logger.info("DAS async proposer active (k=%d, depth=%d)", k, config.max_depth)
 
@@ -260,7 +261,10 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             self._ctx.clear()
             self._forget_pending(p.req_ids)
         finally:
-            self.propose_seconds += time.perf_counter() - t0
+            if self._deferred:  # else inside propose, which times itself
+                dt = time.perf_counter() - t0
+                self.propose_seconds += dt
+                self.critical_seconds += dt
 
     def _draft(self, p: _Pending) -> list[list[int]]:
         n = len(p.req_ids)
@@ -342,8 +346,10 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             "async_drafted_steps": self.async_drafted_steps,
             "async_free_steps": self.async_free_steps,
             "context_fetches": self.context_fetches,
+            "critical_seconds": self.critical_seconds,
         }
         if reset:
             self.async_drafted_steps = self.async_free_steps = self.context_fetches = 0
+            self.critical_seconds = 0.0
         return out
 

@@ -71,7 +71,7 @@ class EpochResult:
         }
 
 
-RANK_VARYING_STATS = frozenset({"propose_seconds", "last_snapshot_seconds"})
+RANK_VARYING_STATS = frozenset({"propose_seconds", "critical_seconds", "last_snapshot_seconds"})
 """``das_get_stats`` keys that legitimately differ between tensor-parallel ranks (wall time)."""
 
 
