@@ -306,6 +306,17 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def token_differences(ref: Sequence[Any], got: Sequence[Any]) -> list[tuple[int, int | None]]:
+    """(request, first differing position) of every output of ``got`` whose tokens differ from
+    ``ref``'s (both vLLM ``RequestOutput`` lists); prints a one-line summary."""
+    base, new = token_ids(ref), token_ids(got)
+    diffs = [(i, first_difference(a, b)) for i, (a, b) in enumerate(zip(base, new)) if a != b]
+    if len(base) != len(new):
+        diffs.append((min(len(base), len(new)), None))
+    print(f"{len(base) - len(diffs)}/{len(base)} outputs identical; first differences (request, position): {diffs[:5]}")
+    return diffs
+
+
 # ---------------------------------------------------------------------------------- statistics
 def chi2_homogeneity(a: Sequence[int], b: Sequence[int], min_expected: float = 5.0) -> tuple[float, int, float]:
     """Two-sample chi-square test of equal categorical distributions.

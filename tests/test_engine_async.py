@@ -23,12 +23,12 @@ from engine_fixtures import (
     chosen_logprobs,
     corrupt,
     das_stats,
-    first_difference,
     inproc_drafter,
     load_history,
     running_llm,
     shortest_math_prompts,
     smollm2_fp32,
+    token_differences,
     token_ids,
 )
 from openrlhf_das.config import DASConfig
@@ -83,10 +83,7 @@ def engine(model, plain):
 
 
 def _assert_identical(got, ref) -> None:
-    base, new = token_ids(ref), token_ids(got)
-    diffs = [(i, first_difference(a, b)) for i, (a, b) in enumerate(zip(base, new)) if a != b]
-    print(f"{len(base) - len(diffs)}/{len(base)} identical; first differences (request, position): {diffs[:5]}")
-    assert len(new) == len(base) and not diffs
+    assert token_differences(ref, got) == []
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +176,24 @@ def test_gated_steps_hand_back_no_drafts_without_waiting(engine, problems, plain
     ref = [r[:n] for r, n in zip(token_ids(plain["plain"]), lengths)]
     got = token_ids(outs)
     assert [i for i, (a, b) in enumerate(zip(ref, got)) if a != b] == []
+
+
+def test_padded_drafts_identical(engine, problems, plain) -> None:
+    """``pad_drafts`` (what a GPU engine with full decode graphs does): every decode row of a
+    drafted step is filled to k with filler tokens, which the verifier must reject or accept
+    exactly like drafts."""
+    pids, prompts = problems
+    engine.collective_rpc("das_update_config", args=({"pad_drafts": True},))
+    try:
+        outs = _generate(engine, prompts, _params(), pids)
+        st = das_stats(engine, reset=True)
+    finally:
+        engine.collective_rpc("das_update_config", args=({"pad_drafts": "auto"},))
+    total = st["acceptance"]["total"]
+    print(f"padded: {total}")
+    assert st["pad_drafts"] is True and st["engine_faults"] == 0
+    assert total["accepted"] > 0 and total["drafted"] > total["accepted"]
+    _assert_identical(outs, plain["plain"])
 
 
 def test_repetition_penalty_identical(engine, problems, plain) -> None:

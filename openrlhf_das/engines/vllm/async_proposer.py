@@ -287,7 +287,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         for i, d in zip(rows, spec.step(batch, num_running=n, padded_k=p.k if self.pads else 0)):
             if d:
                 drafts[i] = d[: min(p.k, self.max_model_len - int(lengths[i]) - 1)]
-        return self._pad(drafts, p, rows, lengths)
+        return self._pad_rows(drafts, p.k, rows, lengths, lambda i: self._ctx[p.req_ids[i]].view()[-1])
 
     def _update_contexts(self, p: _Pending, rows: list[int], emitted: list[np.ndarray], lengths: np.ndarray) -> None:
         """Bring each drafted row's host context to ``lengths[i]`` tokens: append what the step
@@ -307,23 +307,6 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         for j, i in enumerate(fetch):
             self._ctx[p.req_ids[i]] = _Context(host[j, : lengths[i]])
         self.context_fetches += len(fetch)
-
-    def _pad(self, drafts: list[list[int]], p: _Pending, rows: list[int], lengths: np.ndarray) -> list[list[int]]:
-        """As the sync proposer: with ``pad_drafts`` every decode row's draft is filled to k with
-        its last token (so the step replays a uniform graph), unless no row has a real draft and
-        1-token steps have graphs of their own."""
-        if not self.pads or p.k <= 0:
-            return drafts
-        if self._plain_graphs and not any(drafts):
-            self.plain_steps += 1
-            return drafts
-        for i in rows:
-            room = min(p.k, self.max_model_len - int(lengths[i]) - 1)
-            d = drafts[i]
-            if len(d) < room:
-                filler = d[-1] if d else int(self._ctx[p.req_ids[i]].view()[-1])
-                drafts[i] = d + [filler] * (room - len(d))
-        return drafts
 
     def _refresh_cpu_drafts(self, n: int) -> None:
         """vLLM copies the draft tensor to the host at the end of step N when structured output

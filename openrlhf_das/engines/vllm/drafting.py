@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from ...config import DASConfig, LengthClass
 from ...drafter import HistorySnapshot
@@ -143,6 +143,25 @@ class DASDrafting:
         return meta
 
     # ------------------------------------------------------------------ padding
+    def _pad_rows(self, drafts: list[list[int]], k: int, rows: list[int], lengths: Any,
+                  last_token: Callable[[int], int]) -> list[list[int]]:
+        """With ``pad_drafts``: fill the draft of every decode row (``rows``; ``lengths[i]``
+        tokens so far, ``last_token(i)`` the newest) up to k with its last token (a filler the
+        rejection sampler verifies like any draft), so the step is uniform. A step without any
+        real draft stays draft-free when the engine has graphs for 1-token steps."""
+        if not self.pads or k <= 0:
+            return drafts
+        if self._plain_graphs and not any(drafts):
+            self.plain_steps += 1
+            return drafts
+        for i in rows:
+            room = min(k, self.max_model_len - int(lengths[i]) - 1)
+            d = drafts[i]
+            if len(d) < room:
+                filler = d[-1] if d else int(last_token(i))
+                drafts[i] = d + [filler] * (room - len(d))
+        return drafts
+
     @property
     def pads(self) -> bool:
         """Whether drafts are padded to k: ``pad_drafts``, or with auto the engine's graph mode."""

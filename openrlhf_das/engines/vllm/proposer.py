@@ -105,22 +105,9 @@ class DASProposer(DASDrafting, SuffixDecodingProposer):
         return self._pad(drafts, k, input_batch, sampled)
 
     def _pad(self, drafts: list[list[int]], k: int, input_batch: Any, sampled: list[list[int]]) -> list[list[int]]:
-        """With ``pad_drafts``: fill every decode request's draft up to k with its last token
-        (a filler the rejection sampler verifies like any draft), so the step is uniform. A step
-        without any real draft stays draft-free when the engine has graphs for 1-token steps."""
-        if not self.pads or k <= 0:
+        """:meth:`_pad_rows` over the decode rows (those that sampled) of ``input_batch``."""
+        if not self.pads:
             return drafts
-        if self._plain_graphs and not any(drafts):
-            self.plain_steps += 1
-            return drafts
-        num_tokens = input_batch.num_tokens_no_spec
-        tok = input_batch.token_ids_cpu
-        for i, d in enumerate(drafts):
-            if not sampled[i]:
-                continue
-            nt = int(num_tokens[i])
-            room = min(k, self.max_model_len - nt - 1)
-            if len(d) < room:
-                filler = d[-1] if d else int(tok[i, nt - 1])
-                drafts[i] = d + [filler] * (room - len(d))
-        return drafts
+        num_tokens, tok = input_batch.num_tokens_no_spec, input_batch.token_ids_cpu
+        rows = [i for i in range(len(drafts)) if sampled[i]]
+        return self._pad_rows(drafts, k, rows, num_tokens, lambda i: tok[i, int(num_tokens[i]) - 1])
