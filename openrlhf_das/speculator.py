@@ -158,12 +158,14 @@ class DASSpeculator:
             for rid, s in zip(request_ids, sampled):
                 self.tracker.on_verified(rid, len(s))
 
-    def step(self, batch: Sequence[StepRequest], num_running: int | None = None, padded_k: int = 0) -> list[list[int]]:
+    def step(self, batch: Sequence[StepRequest], num_running: int | None = None, padded_k: int = 0,
+             live_siblings: bool = True) -> list[list[int]]:
         """Drafts (token-id lists, possibly empty) aligned with ``batch``. ``padded_k`` > 0: the
         engine pads every draft to that many tokens (CUDA graphs), so a drafted step verifies
         them for every request anyway: with ``fill_padded_drafts`` every request gets
         ``config.fill_budget`` instead of its class budget (the gate and quota still apply), and
-        the cost-model gate decides for the whole step."""
+        the cost-model gate decides for the whole step. ``live_siblings=False``: leave the live
+        sibling text to :meth:`update_siblings` (called off the engine's critical path)."""
         self.steps += 1
         tracker = self.tracker
         for req in batch:
@@ -199,7 +201,7 @@ class DASSpeculator:
                 )
                 for i in live
             ]
-            for i, d in zip(live, self.drafter.propose(reqs)):
+            for i, d in zip(live, self.drafter.propose(reqs, live=live_siblings)):
                 drafts[i] = d
             if self._cost_gate is not None:
                 keep = self._cost_gate.keep(drafts, running, padded_k)
@@ -208,6 +210,18 @@ class DASSpeculator:
                 r = batch[i]
                 tracker.on_proposed(r.request_id, len(drafts[i]), classes[i], r.generated)
         return [list(d.token_ids) for d in drafts]
+
+    def update_siblings(self, batch: Sequence[StepRequest]) -> None:
+        """Append the live sibling text of ``batch``'s requests (contexts as last drafted, or a
+        prefix of them); what :meth:`step` skips with ``live_siblings=False``. Faults are
+        counted per request, like the drafter's."""
+        drafter = self.drafter
+        for req in batch:
+            try:
+                drafter.update_live(req.request_id, req.tokens, req.num_prompt_tokens, req.problem_id)
+            except Exception:  # noqa: BLE001 - fault isolation is the contract
+                drafter.faults += 1
+                logger.exception("DAS sibling upkeep fault for request %s", req.request_id)
 
     def finish(self, request_id: str, keep_as_sibling: bool = True) -> None:
         """The request left the engine (finished/aborted); free its per-request state."""

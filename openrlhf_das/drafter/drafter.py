@@ -107,8 +107,11 @@ class Drafter:
     def active_requests(self) -> list[str]:
         return list(self._requests)
 
-    def update(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None) -> None:
-        """Bring the request's own tree (and its live sibling text) up to ``tokens``."""
+    def update(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None,
+               live: bool = True) -> None:
+        """Bring the request's own tree (and, with ``live``, its live sibling text) up to
+        ``tokens``. ``live=False`` leaves the sibling text to :meth:`update_live` (a caller that
+        does it off its critical path, one step behind)."""
         arr = as_tokens(tokens)
         st = self._requests.get(request_id)
         n = arr.size
@@ -126,16 +129,30 @@ class Drafter:
                 st.tree.extend_ndarray(0, arr[st.indexed :])
             st.indexed = n
             st.last_token = int(arr[n - 1])
-        if self.use_siblings and problem_id is not None:
-            # The newest ``max_depth`` tokens are held back: otherwise the request's own pattern
-            # would always match its own live text in the problem tree, which halves its draft
-            # probabilities and makes every suffix length match (3x slower speculate).
-            start = num_prompt_tokens + st.live_indexed
-            end = max(n - self.max_depth, start)
-            if end > start:
-                self.history.extend_live(problem_id, request_id, self.live_step, arr[start:end])
-                st.live_indexed = end - num_prompt_tokens
-            st.live_tail = arr[end:n].copy()
+        if live:
+            self._extend_live(request_id, st, arr, num_prompt_tokens, problem_id)
+
+    def update_live(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None) -> None:
+        """Append the request's live sibling text as :meth:`update` would have, up to what it
+        indexed (``tokens`` beyond that are ignored; no-op for a request not indexed yet)."""
+        st = self._requests.get(request_id)
+        if st is not None:
+            self._extend_live(request_id, st, as_tokens(tokens)[: st.indexed], num_prompt_tokens, problem_id)
+
+    def _extend_live(self, request_id: str, st: _RequestState, arr: np.ndarray, num_prompt_tokens: int,
+                     problem_id: str | None) -> None:
+        if not self.use_siblings or problem_id is None:
+            return
+        # The newest ``max_depth`` tokens are held back: otherwise the request's own pattern
+        # would always match its own live text in the problem tree, which halves its draft
+        # probabilities and makes every suffix length match (3x slower speculate).
+        n = arr.size
+        start = num_prompt_tokens + st.live_indexed
+        end = max(n - self.max_depth, start)
+        if end > start:
+            self.history.extend_live(problem_id, request_id, self.live_step, arr[start:end])
+            st.live_indexed = end - num_prompt_tokens
+        st.live_tail = arr[end:n].copy()
 
     def finish(self, request_id: str, keep_as_sibling: bool = True) -> None:
         """The request left the batch for good (finished or aborted)."""
@@ -179,16 +196,16 @@ class Drafter:
                 best = d
         return best
 
-    def propose(self, batch: Sequence[DraftRequest]) -> list[Draft]:
+    def propose(self, batch: Sequence[DraftRequest], live: bool = True) -> list[Draft]:
         """Update and draft every request of ``batch``; results align with ``batch``.
 
         Requests with ``budget <= 0`` still get their trees updated (so a later promotion has
-        context) but cost no ``speculate`` call.
+        context) but cost no ``speculate`` call. ``live``: as in :meth:`update`.
         """
         out: list[Draft] = []
         for req in batch:
             try:
-                self.update(req.request_id, req.tokens, req.num_prompt_tokens, req.problem_id)
+                self.update(req.request_id, req.tokens, req.num_prompt_tokens, req.problem_id, live)
                 out.append(self.propose_one(req))
             except Exception:  # noqa: BLE001 - fault isolation is the contract
                 self.faults += 1

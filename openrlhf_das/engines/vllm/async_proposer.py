@@ -21,7 +21,9 @@ A step (step N samples; step N + 1 verifies the drafts made from N's tokens):
    step N's tokens into its host copy of each request's context (a request without one, or with
    a gap, gets its row of the GPU history copied), drafts with the speculator, copies the drafts
    into the buffer that step N + 1's input preparation reads (same stream, so ordered) and writes
-   the counts by which vLLM trims the scheduled placeholders.
+   the counts by which vLLM trims the scheduled placeholders. The drafted requests' live sibling
+   text (their older tokens, shared with their GRPO siblings through the problem tree) is appended
+   at the next ``propose``, while the GPU runs, instead of here.
 
 So the scheduling of step N + 1 and the output processing of step N - 1 overlap step N on the
 GPU, as in a no-speculation async engine; a drafted step's GPU waits for the drafting and the
@@ -140,6 +142,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self._deferred: bool | None = None  # the runner's async scheduling, read at the first step
         self._pending: _Pending | None = None
         self._ctx: dict[str, _Context] = {}
+        self._sibling_batch: list[StepRequest] = []  # drafted at the last step; sibling text pending
         self.async_drafted_steps = 0  # steps whose drafts were made in complete_pending
         self.async_free_steps = 0  # gated steps handed back without waiting for the GPU
         self.context_fetches = 0  # request contexts copied from the GPU history
@@ -173,6 +176,9 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         try:
             new_len = self._append_history(num_tokens_no_spec, token_ids_gpu, valid_sampled_token_ids_gpu,
                                            valid_sampled_tokens_count)
+            if self._sibling_batch:  # the last drafted step's sibling text, while the GPU runs
+                batch, self._sibling_batch = self._sibling_batch, []
+                self.speculator.update_siblings(batch)
             req_ids = list(self.runner.input_batch.req_ids[:n])
             self._enter_batch(req_ids)
             spec = self.speculator
@@ -198,6 +204,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             logger.exception("DAS async proposer fault in propose; no drafts this step")
             self._pending = None
             self._ctx.clear()
+            self._sibling_batch = []
             self._forget_pending(list(self.runner.input_batch.req_ids[:n]))
             self._valid_gpu[:n].zero_()  # vLLM copies these zero counts and trims every draft
             return self._drafts_gpu[:n], self._valid_gpu[:n]
@@ -259,6 +266,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             logger.exception("DAS async proposer fault; no drafts this step")
             counts_out[:n] = 0
             self._ctx.clear()
+            self._sibling_batch = []
             self._forget_pending(p.req_ids)
         finally:
             if self._deferred:  # else inside propose, which times itself
@@ -284,7 +292,11 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             pid, cls, offset = self._meta_of(rid)
             batch.append(StepRequest(rid, self._ctx[rid].view(), int(p.num_prompt[i]), pid, cls, int(counts[i]), offset))
         drafts: list[list[int]] = [[] for _ in range(n)]
-        for i, d in zip(rows, spec.step(batch, num_running=n, padded_k=p.k if self.pads else 0)):
+        deferred = bool(self._deferred)  # async: sibling text at the next propose, off the critical path
+        if deferred:
+            self._sibling_batch = batch
+        for i, d in zip(rows, spec.step(batch, num_running=n, padded_k=p.k if self.pads else 0,
+                                        live_siblings=not deferred)):
             if d:
                 drafts[i] = d[: min(p.k, self.max_model_len - int(lengths[i]) - 1)]
         return self._pad_rows(drafts, p.k, rows, lengths, lambda i: self._ctx[p.req_ids[i]].view()[-1])
