@@ -130,11 +130,11 @@ def test_resumed_requests_draft_from_full_context(engine):
     contexts: set[tuple[int, ...]] = set()
     orig_update = drafter.update
 
-    def spy(request_id, tokens, num_prompt_tokens, problem_id):
+    def spy(request_id, tokens, num_prompt_tokens, problem_id, *args, **kwargs):
         if request_id not in seen:  # the first tree update of this request: its full context
             seen[request_id] = num_prompt_tokens
             contexts.add(tuple(int(t) for t in tokens[:num_prompt_tokens]))
-        return orig_update(request_id, tokens, num_prompt_tokens, problem_id)
+        return orig_update(request_id, tokens, num_prompt_tokens, problem_id, *args, **kwargs)
 
     das_stats(llm, reset=True)
     drafter.update = spy
