@@ -108,7 +108,6 @@ class _Pending:
     k: int
     drafting: bool  # False: only verify results are pending (gate closed)
     token_ids: torch.Tensor  # the runner's GPU history rows of the step [n, max_len]
-    event: Any  # records the copies
 
 
 class DASAsyncProposer(DASDrafting, NgramProposerGPU):
@@ -194,7 +193,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             if self._copy_event is not None:
                 self._copy_event.record()
             num_prompt = np.asarray(self.runner.input_batch.num_prompt_tokens[:n]).copy()
-            self._pending = _Pending(req_ids, num_prompt, k, drafting, token_ids_gpu, self._copy_event)
+            self._pending = _Pending(req_ids, num_prompt, k, drafting, token_ids_gpu)
             self._valid_gpu[:n].zero_()
             if not self._deferred:  # synchronous scheduling: the scheduler reads the drafts next
                 self.complete_pending()
@@ -246,8 +245,8 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
             event = getattr(runner, "_num_valid_draft_tokens_event", None)
             if event is not None:  # vLLM's own copy into counts_out must land before we write it
                 event.synchronize()
-            if p.event is not None:
-                p.event.synchronize()
+            if self._copy_event is not None:  # the step's token copies (propose)
+                self._copy_event.synchronize()
             drafts = self._draft(p)
             out, valid = self._drafts_host.numpy(), self._valid_host.numpy()
             for i, d in enumerate(drafts):

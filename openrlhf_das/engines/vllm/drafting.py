@@ -37,7 +37,7 @@ def config_from_env() -> DASConfig | None:
     return DASConfig.from_dict(json.loads(raw)) if raw else None
 
 
-def constructing_runner(max_depth: int = 5) -> Any:
+def constructing_runner(max_depth: int = 4) -> Any:
     """The model runner whose ``__init__`` is constructing the calling proposer (vLLM passes the
     suffix proposer no reference to it). Found on the call stack; None if absent (then requests
     have no DAS metadata and are drafted from their own tree and the global tree only)."""
