@@ -14,6 +14,17 @@ plan="$here/chunks/PLAN.txt"
 mapfile -t rows < <(grep -v '^#' "$plan")
 total=${#rows[@]}
 
+# The device tool copies the working tree (tracked + untracked-not-ignored files) with each carry,
+# 64 MiB in all: warn when the tree plus the largest chunk does not fit.
+tree_bytes=$(cd "$here/../.." && git ls-files -z --cached --others --exclude-standard \
+    | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+max_chunk=$(printf '%s\n' "${rows[@]}" | awk '$5 > m {m = $5} END {print m + 0}')
+if [ $((tree_bytes + max_chunk)) -gt $((64 * 1024 * 1024)) ]; then
+    echo "warning: working tree ($tree_bytes bytes) + largest chunk ($max_chunk bytes) > 64 MiB:" \
+        "the device tool refuses the call. Move big tracked files (e.g. benchmarks/gpu/results)" \
+        "out of the tree during the transfers, or re-run prepare.sh with a smaller CHUNK_MIB." >&2
+fi
+
 cmd_for() {
     local n=$1 path st k tot bytes
     read -r path st k tot bytes <<< "${rows[$((n - 1))]}"
