@@ -17,7 +17,7 @@ total=${#rows[@]}
 # The device tool copies the working tree (tracked + untracked-not-ignored files) with each carry,
 # 64 MiB in all: warn when the tree plus the largest chunk does not fit.
 tree_bytes=$(cd "$here/../.." && git ls-files -z --cached --others --exclude-standard \
-    | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+    | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}') || true  # moved-out files: stat fails
 max_chunk=$(printf '%s\n' "${rows[@]}" | awk '$5 > m {m = $5} END {print m + 0}')
 if [ $((tree_bytes + max_chunk)) -gt $((64 * 1024 * 1024)) ]; then
     echo "warning: working tree ($tree_bytes bytes) + largest chunk ($max_chunk bytes) > 64 MiB:" \
