@@ -172,7 +172,15 @@ class DASConfig(_Strict):
     """Engine: keep vLLM's async scheduling (speculative method ``ngram_gpu``, whose proposer
     DAS replaces: ``engines/vllm/async_proposer.py``) instead of the synchronous scheduling vLLM
     forces on CPU drafters (method ``suffix``). Scheduling and output processing then overlap
-    the GPU step; a drafted step still waits for its drafts. Not yet measured on a GPU."""
+    the GPU step; a drafted step still waits for its drafts. H100 long-tail run (docs/gpu.md,
+    2026-12-06, before :attr:`scheduler_gate`): 1.24x of no speculation, 0.86x of synchronous no
+    speculation."""
+
+    scheduler_gate: bool = True
+    """Engine, with :attr:`async_scheduling` and a ``max_running`` gate: vLLM's scheduler reserves
+    draft slots only for steps the gate lets draft (``engines/vllm/scheduler_gate.py``). Under
+    async scheduling vLLM otherwise reserves k slots per request at every step, and a gated step
+    pays for them on the host. False: slots at every step (vLLM's ``ngram_gpu`` behaviour)."""
 
     @field_validator("pad_drafts", mode="before")
     @classmethod

@@ -140,7 +140,9 @@ def _digest(token_ids: Sequence[int]) -> str:
 
 def _finish_recorder(t0: float, finished: list[float]) -> Any:
     """A ``tqdm`` factory for ``LLM.generate(use_tqdm=...)`` that appends ``perf_counter() - t0``
-    to ``finished`` for every request vLLM reports done (and prints nothing)."""
+    to ``finished`` for every request vLLM reports done (and prints nothing). vLLM also wraps its
+    request-adding loop in a bar (``tqdm_func(prompts, desc="Adding requests")``), whose updates
+    are not finished requests: only the bar made with ``total=`` and no iterable records."""
     import os
 
     from tqdm import tqdm
@@ -153,7 +155,7 @@ def _finish_recorder(t0: float, finished: list[float]) -> Any:
 
     def make(*args: Any, **kwargs: Any) -> tqdm:
         kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed with the bar's process
-        return _Recorder(*args, **kwargs)
+        return tqdm(*args, **kwargs) if args else _Recorder(*args, **kwargs)
 
     return make
 

