@@ -26,7 +26,15 @@ import numpy as np
 import pytest
 from vllm import SamplingParams
 
-from engine_fixtures import chi2_homogeneity, das_stats, load_history, random_prompts, running_llm, tiny_model
+from engine_fixtures import (
+    chi2_homogeneity,
+    das_stats,
+    inproc_core,
+    load_history,
+    random_prompts,
+    running_llm,
+    tiny_model,
+)
 from openrlhf_das.config import DASConfig
 from openrlhf_das.engines.vllm.factory import with_das_metadata
 
@@ -62,24 +70,32 @@ def plain(prompt) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=["long", "short-padded", "long-async"])
+@pytest.fixture(scope="module", params=["long", "short-padded", "long-async", "long-async-scheduler-gate"])
 def das(request, prompt, plain) -> dict:
     """``long``: class budget 4. ``short-padded``: class budget 0, but drafts padded to k
     (``pad_drafts``, as on GPU graphs) with ``fill_padded_drafts`` giving the request the full
     budget: filler tokens and filled real drafts both go through the rejection sampler.
     ``long-async``: as ``long`` on an async-scheduling engine (``async_scheduling``: method
-    ``ngram_gpu`` with the DAS async proposer; ``engine_fixtures.cpu_async_scheduling``)."""
+    ``ngram_gpu`` with the DAS async proposer; ``engine_fixtures.cpu_async_scheduling``).
+    ``long-async-scheduler-gate``: as ``long-async`` with a ``max_running`` gate above N, so vLLM's
+    scheduler runs on the gate's slot table (``scheduler_gate``) and every step may draft."""
     cls, config, engine = "long", CONFIG, {}
     if request.param == "short-padded":
         cls, config = "short", CONFIG.with_overrides({"pad_drafts": True, "fill_padded_drafts": True})
     if request.param == "long-async":
         config, engine = CONFIG.with_overrides({"async_scheduling": True}), {"async_cpu": True}
+    if request.param == "long-async-scheduler-gate":
+        config = CONFIG.with_overrides({"async_scheduling": True, "gate.mode": "max_running", "gate.max_running": N})
+        engine = {"async_cpu": True}
     sp = with_das_metadata(SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True), "chi", cls)
     with running_llm(tiny_model(VOCAB), das=config, seed=12, per_request_spec_decode_metrics="detailed",
                      **engine) as llm:
         load_history(llm, ["chi"] * HISTORY, plain["history"])
         outs = llm.generate([{"prompt_token_ids": prompt}] * N, sp, use_tqdm=False)
         stats = das_stats(llm)
+        lookup = inproc_core(llm).scheduler.dynamic_sd_lookup
+    if request.param == "long-async-scheduler-gate":
+        assert lookup is not None and min(lookup[1:]) > 0
     metrics = [o.outputs[0].spec_decode_metrics for o in outs]
     return {
         "tokens": np.array([o.outputs[0].token_ids for o in outs]),
