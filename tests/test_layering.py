@@ -42,3 +42,16 @@ def test_core_imports_no_heavy_frameworks() -> None:
 def test_probe_detects_a_forbidden_import() -> None:
     """The probe is able to fail: importing a module that pulls in torch is seen."""
     assert "torch" in _loaded_top_level_modules(["torch"])
+
+
+def test_ray_package_pure_modules_import_without_ray() -> None:
+    """``openrlhf_das.ray`` resolves its names lazily: the routing and record modules load without
+    Ray (the GPU benchmark machine has none; ``engine_rollouts.py --engines N`` routes problems
+    with ``engine_for_problem``), while the actor still needs it."""
+    loaded = _loaded_top_level_modules(["openrlhf_das.ray.sharding", "openrlhf_das.ray.rollouts",
+                                        "openrlhf_das.ray.persistence", "openrlhf_das.ray.history_store"])
+    assert "openrlhf_das" in loaded and "ray" not in loaded
+    import openrlhf_das.ray as das_ray
+
+    assert das_ray.engine_for_problem("p", 2) in (0, 1)
+    assert das_ray.create_history_actor.__module__ == "openrlhf_das.ray.history_actor"
