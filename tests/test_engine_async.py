@@ -26,8 +26,6 @@ from engine_fixtures import (
     inproc_drafter,
     load_history,
     running_llm,
-    shortest_math_prompts,
-    smollm2_fp32,
     token_differences,
     token_ids,
 )
@@ -42,16 +40,6 @@ MAX_TOKENS = 40
 LOGPROB_TOL = 1e-4  # float32 engine
 CONFIG = DASConfig.from_dict({"gate": {"mode": "off"}, "async_scheduling": True})
 ENGINE = dict(max_model_len=1024, logprobs_mode="processed_logprobs")
-
-
-@pytest.fixture(scope="module")
-def model() -> str:
-    return smollm2_fp32()
-
-
-@pytest.fixture(scope="module")
-def problems(model) -> tuple[list[str], list[list[int]]]:
-    return shortest_math_prompts(model, NUM_PROMPTS)
 
 
 def _params(**kw) -> SamplingParams:

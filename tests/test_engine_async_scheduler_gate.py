@@ -21,8 +21,6 @@ from engine_fixtures import (
     inproc_core,
     load_history,
     running_llm,
-    shortest_math_prompts,
-    smollm2_fp32,
     token_ids,
 )
 from openrlhf_das.config import DASConfig
@@ -47,16 +45,6 @@ def test_gate_lookup_table() -> None:
     assert table == [0, 4, 4, 0, 0, 0]  # index = requests in the step; index 0 unused
     with pytest.raises(ValueError):
         gate_lookup(0, 2, 5)
-
-
-@pytest.fixture(scope="module")
-def model() -> str:
-    return smollm2_fp32()
-
-
-@pytest.fixture(scope="module")
-def problems(model) -> tuple[list[str], list[list[int]]]:
-    return shortest_math_prompts(model, NUM_PROMPTS)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +128,17 @@ def test_without_scheduler_gate_every_step_has_slots(gated, model, problems, len
     assert after and all(s > 0 for s in after)
     ref = [r[:n] for r, n in zip(reference, lengths)]
     assert [i for i, (a, b) in enumerate(zip(ref, plain["outputs"])) if a != b] == []
+
+
+def test_stock_ngram_gpu_after_a_das_engine(gated, model, problems, reference) -> None:
+    """A stock ``ngram_gpu`` engine (no DAS config) started in a process where a DAS async engine
+    ran: vLLM's own scheduling (no slot table) and proposer, greedy outputs unchanged. (The DAS
+    engine's runner wrapper and scheduler wrapper stay installed in the process; they must leave
+    such an engine alone.)"""
+    _, prompts = problems
+    spec = {"method": "ngram_gpu", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 3}
+    with running_llm(model, async_cpu=True, speculative_config=spec, **ENGINE) as llm:
+        assert inproc_core(llm).scheduler.dynamic_sd_lookup is None
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts[:16]],
+                            SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)
+    assert token_ids(outs) == reference[:16]

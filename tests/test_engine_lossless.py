@@ -31,8 +31,6 @@ from engine_fixtures import (
     das_stats,
     load_history,
     running_llm,
-    shortest_math_prompts,
-    smollm2_fp32,
     token_differences,
     token_ids,
 )
@@ -46,16 +44,6 @@ MAX_TOKENS = 48
 LOGPROB_TOL = 1e-4  # float32 engine
 CONFIG = DASConfig.from_dict({"gate": {"mode": "off"}})
 ENGINE = dict(in_process=False, kv_cache_gib=3, max_model_len=1024, logprobs_mode="processed_logprobs")
-
-
-@pytest.fixture(scope="module")
-def model() -> str:
-    return smollm2_fp32()
-
-
-@pytest.fixture(scope="module")
-def problems(model) -> tuple[list[str], list[list[int]]]:
-    return shortest_math_prompts(model, NUM_PROMPTS)
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ _MARK = "_das_async_wrapped"
 
 def install(runner_cls: type) -> None:
     """Wrap ``runner_cls._update_states`` (idempotent): a runner whose drafter is a DAS async
-    proposer completes the pending drafts first. Other runners are unaffected."""
+    proposer with a DAS config completes the pending drafts first. Other runners, including
+    stock ``ngram_gpu`` engines started later in the same process, are unaffected."""
     owner = next(c for c in runner_cls.__mro__ if "_update_states" in vars(c))
     original = vars(owner)["_update_states"]
     if getattr(original, _MARK, False):
@@ -68,7 +69,7 @@ def install(runner_cls: type) -> None:
     @functools.wraps(original)
     def _update_states(self: Any, scheduler_output: Any) -> Any:
         drafter = getattr(self, "drafter", None)
-        if isinstance(drafter, DASAsyncProposer):
+        if isinstance(drafter, DASAsyncProposer) and drafter.speculator is not None:
             drafter.complete_pending()
         return original(self, scheduler_output)
 
