@@ -112,3 +112,22 @@ def test_run_epochs_records_the_long_tail_timeline(prompts):
         assert sum(res.response_lengths) == res.output_tokens
     lengths = [n for r in results for n in r.response_lengths]
     assert min(lengths) < max(lengths)  # a real tail: not every request ran to max_tokens
+
+
+def test_finish_recorder_counts_only_the_request_bar() -> None:
+    """vLLM passes its ``use_tqdm`` callable two kinds of bars: bars over an iterable (rendering
+    or adding requests: ``tqdm_func(prompts, desc=...)``) and the finished-request bar
+    (``tqdm_func(total=N, ...)`` + ``update``). Only the latter are finished requests."""
+    import time
+
+    from openrlhf_das.engines.vllm.epochs import _finish_recorder
+
+    finished: list[float] = []
+    make = _finish_recorder(time.perf_counter(), finished)
+    for _ in make(list(range(50)), desc="Adding requests", mininterval=0, miniters=1):
+        pass
+    bar = make(total=5, desc="Processed prompts")
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    assert len(finished) == 5 and finished == sorted(finished)
