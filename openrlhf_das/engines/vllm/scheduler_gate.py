@@ -27,6 +27,7 @@ import functools
 import logging
 from typing import Any
 
+from ...policy import MaxRunningGate
 from .drafting import config_from_env
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def gate_lookup(k: int, max_running: int, max_num_seqs: int) -> list[int]:
     ``k`` while the gate allows drafting (<= ``max_running`` requests), else 0."""
     if k < 1 or max_running < 1 or max_num_seqs < 1:
         raise ValueError("k, max_running and max_num_seqs must be >= 1")
-    return [0] + [k if n <= max_running else 0 for n in range(1, max_num_seqs + 1)]
+    gate = MaxRunningGate(max_running)  # the rule the proposer applies (DASSpeculator.gate_allows)
+    return [0] + [k if gate.allows(n) else 0 for n in range(1, max_num_seqs + 1)]
 
 
 def _wanted(scheduler: Any) -> int | None:
