@@ -6,7 +6,8 @@ while the V1 runner with inductor started in 35-41 s. The GPU machine has no py-
 uses the standard library: a ``sitecustomize`` put first on ``PYTHONPATH`` arms
 ``faulthandler.dump_traceback_later`` in every Python process the engine starts (front end,
 EngineCore, workers, compile workers), which writes the stacks of all their threads to
-``stacks-<pid>.txt`` every ``--every`` seconds, also while a thread sits in C code.
+``stacks-<pid>.txt`` every ``--every`` seconds, also while a thread sits in C code. Forked
+children (vLLM 0.26 forks its EngineCore) re-arm the dumps after the fork.
 
     source benchmarks/gpu/env.sh
     $GPU_PY benchmarks/gpu/start_probe.py --model $GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct \\
@@ -36,9 +37,24 @@ from typing import Any
 
 SITECUSTOMIZE = '''import faulthandler, os
 _d = os.environ.get("START_PROBE_DIR")
+_files = {}
+
+
+def _arm():
+    # one file per process, appended to; faulthandler's dump thread does not survive fork and a
+    # forked child cannot re-arm while the parent's is armed, so the dumps pause around a fork
+    # (vLLM 0.26 forks its EngineCore by default)
+    pid = os.getpid()
+    if pid not in _files:
+        _files[pid] = open(os.path.join(_d, "stacks-%d.txt" % pid), "a")
+    faulthandler.dump_traceback_later(float(os.environ.get("START_PROBE_EVERY", "30")), repeat=True,
+                                      file=_files[pid])
+
+
 if _d:
-    _f = open(os.path.join(_d, "stacks-%d.txt" % os.getpid()), "w")
-    faulthandler.dump_traceback_later(float(os.environ.get("START_PROBE_EVERY", "30")), repeat=True, file=_f)
+    _arm()
+    os.register_at_fork(before=faulthandler.cancel_dump_traceback_later, after_in_parent=_arm,
+                        after_in_child=_arm)
 '''
 
 READY = "START_PROBE_READY"
