@@ -4,6 +4,7 @@ run the same OpenRLHF command apart from the DAS flags, and the knobs reach Open
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -65,3 +66,27 @@ def test_bad_engines_value_is_refused(bad: str) -> None:
         assert proc.returncode == 0
     else:
         assert proc.returncode == 2 and "ENGINES must be a positive integer" in proc.stderr
+
+
+def _engine_args(arm: str, **env: str) -> dict:
+    proc = _dry_run(arm, **env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("[grpo] engine args: "))
+    return json.loads(line[len("[grpo] engine args: "):])
+
+
+def test_async_knob_keeps_async_scheduling_in_both_arms_and_adds_one_das_flag() -> None:
+    os_env = {"OPENRLHF_DAS_VLLM_ENGINE_ARGS": ""}  # empty = unset: the script's default
+    sync_args, async_args = _engine_args("nodas", **os_env), _engine_args("nodas", ASYNC="1", **os_env)
+    assert sync_args["async_scheduling"] is False and "async_scheduling" not in async_args
+    assert _engine_args("das", ASYNC="1", **os_env) == async_args
+    assert sync_args["compilation_config"] == async_args["compilation_config"]
+    das_sync, das_async = _flags(_command("das")), _flags(_command("das", ASYNC="1"))
+    assert {k: v for k, v in das_async.items() if k not in das_sync} == {"--das.async_scheduling": "true"}
+    assert {k: v for k, v in das_async.items() if k in das_sync} == das_sync
+    assert _flags(_command("nodas", ASYNC="1")) == _flags(_command("nodas"))
+
+
+def test_bad_async_value_is_refused() -> None:
+    proc = _dry_run("das", ASYNC="yes")
+    assert proc.returncode == 2 and "ASYNC must be 0 or 1" in proc.stderr

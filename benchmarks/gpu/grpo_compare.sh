@@ -23,7 +23,11 @@
 # Several GPUs (the multi-GPU issue): ENGINES=N runs N engines, one per GPU, and an N-GPU actor,
 # all colocated; with --das, problems stick to engines (engine_for_problem) and each engine gets
 # its problems' history. Short run: PROMPTS=16 EPISODES=3 (12 steps).
-# Knobs (env): ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
+# Async scheduling: ASYNC=1 keeps vLLM's async scheduling in both arms (stock OpenRLHF = (a) of
+# docs/gpu.md instead of (a')) and runs the DAS arm with --das.async_scheduling true (speculative
+# method ngram_gpu with the DAS async proposer: the faster mode on the H100 rollout benchmark, not
+# yet run through OpenRLHF on a GPU). The DAS flags are otherwise the same.
+# Knobs (env): ASYNC ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
 # MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
 # then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
 # checkpoint) DRY_RUN (print the command only) MODEL DATA GRPO_WORK (/tmp/grpo).
@@ -57,6 +61,8 @@ export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:Tr
 SAVE_STEPS=${SAVE_STEPS:-10}; TIME_LIMIT=${TIME_LIMIT:-530}; RESUME=${RESUME:-0}
 ENGINES=${ENGINES:-1}   # GPUs: N vLLM engines (one per GPU) colocated with an N-GPU ZeRO-2 actor
 case "$ENGINES" in ''|*[!0-9]*|0) echo "ENGINES must be a positive integer (got '$ENGINES')" >&2; exit 2 ;; esac
+ASYNC=${ASYNC:-0}
+case "$ASYNC" in 0|1) ;; *) echo "ASYNC must be 0 or 1 (got '$ASYNC')" >&2; exit 2 ;; esac
 WORK=${GRPO_WORK:-/tmp/grpo}/$ARM
 RES=${OUT:-$WORK/out}/grpo/$ARM
 SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
@@ -65,7 +71,11 @@ SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
 # on PYTHONPATH applies them from interpreter start; the repo first so every process (driver, Ray
 # workers, vLLM engine processes) imports this checkout's openrlhf_das.
 export OPENRLHF_DAS_TORCH_ADAM=${OPENRLHF_DAS_TORCH_ADAM:-1}
-export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-'{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}, "async_scheduling": false}'}
+if [ "$ASYNC" = 1 ]; then
+    export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-'{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}}'}
+else
+    export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-'{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}, "async_scheduling": false}'}
+fi
 export PYTHONPATH="$REPO:$PYTHONPATH:$REPO/openrlhf_das/integrations/openrlhf/gpu_compat_site"
 export RAY_DEDUP_LOGS=0 RAY_USAGE_STATS_ENABLED=0
 
@@ -96,8 +106,10 @@ args=(
 [ "$ARM" = das ] && args+=(--das --das.config "$REPO/configs/das/math.yaml" --das.pad_drafts true
                            --das.gate.mode off --das.length_policy false --das.flat_budget.tokens 4
                            --das.run_dir "$WORK/ckpt/das")
+[ "$ARM" = das ] && [ "$ASYNC" = 1 ] && args+=(--das.async_scheduling true)
 cmd=("$PY" -m openrlhf_das.cli.train "${args[@]}")
 echo "[grpo] $ARM: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW, engines=$ENGINES"
+echo "[grpo] engine args: $OPENRLHF_DAS_VLLM_ENGINE_ARGS"
 echo "[grpo] ${cmd[*]}"
 [ -n "${DRY_RUN:-}" ] && exit 0
 
