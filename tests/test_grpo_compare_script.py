@@ -76,10 +76,10 @@ def _engine_args(arm: str, **env: str) -> dict:
 
 
 def test_async_knob_keeps_async_scheduling_in_both_arms_and_adds_one_das_flag() -> None:
-    os_env = {"OPENRLHF_DAS_VLLM_ENGINE_ARGS": ""}  # empty = unset: the script's default
-    sync_args, async_args = _engine_args("nodas", **os_env), _engine_args("nodas", ASYNC="1", **os_env)
+    default = {"OPENRLHF_DAS_VLLM_ENGINE_ARGS": ""}  # empty = unset: the script's default
+    sync_args, async_args = _engine_args("nodas", **default), _engine_args("nodas", ASYNC="1", **default)
     assert sync_args["async_scheduling"] is False and "async_scheduling" not in async_args
-    assert _engine_args("das", ASYNC="1", **os_env) == async_args
+    assert _engine_args("das", ASYNC="1", **default) == async_args
     assert sync_args["compilation_config"] == async_args["compilation_config"]
     das_sync, das_async = _flags(_command("das")), _flags(_command("das", ASYNC="1"))
     assert {k: v for k, v in das_async.items() if k not in das_sync} == {"--das.async_scheduling": "true"}
