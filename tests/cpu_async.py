@@ -57,8 +57,7 @@ def cpu_async_scheduling(keep_async: bool = True) -> Iterator[None]:
     original_hook = platform.__dict__["check_and_update_config"]
     originals = {name: getattr(torch, name) for name in _ALLOCATORS}
     platform.check_and_update_config = _keep_async_hook(original_hook, keep_async)
-    for name, fn in originals.items():
-        setattr(torch, name, _unpinned(fn))
+    _patch_torch(torch)
     try:
         yield
     finally:

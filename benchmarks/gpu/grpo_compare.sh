@@ -71,11 +71,9 @@ SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
 # on PYTHONPATH applies them from interpreter start; the repo first so every process (driver, Ray
 # workers, vLLM engine processes) imports this checkout's openrlhf_das.
 export OPENRLHF_DAS_TORCH_ADAM=${OPENRLHF_DAS_TORCH_ADAM:-1}
-if [ "$ASYNC" = 1 ]; then
-    export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-'{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}}'}
-else
-    export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-'{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}, "async_scheduling": false}'}
-fi
+engine_args='{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'
+[ "$ASYNC" = 1 ] || engine_args+=', "async_scheduling": false'
+export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-"$engine_args}"}
 export PYTHONPATH="$REPO:$PYTHONPATH:$REPO/openrlhf_das/integrations/openrlhf/gpu_compat_site"
 export RAY_DEDUP_LOGS=0 RAY_USAGE_STATS_ENABLED=0
 
