@@ -74,6 +74,7 @@ ROOTS = [
     "apache-tvm-ffi==0.1.10",
     "gguf==0.19.0",  # GGUF -> safetensors on the GPU machine
     "grpcio-tools",  # build requirement of arctic-inference (it generates gRPC code)
+    "suffix-gpu==0.1.3",  # GPU-resident suffix drafter (pure Python; torch, the image's, is all it needs)
 ]
 # vLLM requirements not carried although the image lacks them: torch is the image's
 # own; the rest are GPU kernel packages vLLM imports lazily (flashinfer is off with
