@@ -3,7 +3,8 @@
 # folder's files into /tmp/dw; this joins them and installs.
 #
 #   install.sh bg-deps   (transfer that completes the "sw" stream) start `deps` in the
-#                        background (setsid), from a copy of these scripts in /tmp/dw/bin
+#                        background (setsid), from a copy of these scripts in /tmp/dw/bin and
+#                        with that folder as its working folder (the next transfer replaces the repo's)
 #   install.sh deps      join + verify "sw", pip install the wheels into /tmp/site, build
 #                        arctic-inference from its sdist, install this project's wheel
 #   install.sh models    join + verify "models", materialize each GGUF into /tmp/models/NAME
@@ -56,6 +57,8 @@ join_stream() {  # join_stream STREAM: check the parts, cat | tar x, verify
 
 stage_deps() {
     local t0 t; t0=$(ts)
+    # the background stage (bg-deps) runs in $DW/bin; a folder that is gone breaks pip
+    echo "[install] deps: working folder $(pwd -P 2>/dev/null || echo '(gone)')"
     join_stream sw
     local W="$PAY/sw/wheels"
     rm -rf "$SITE" "$SITE.deps" "$SITE.arctic" "$SITE.proj"
@@ -104,6 +107,8 @@ stage_deps() {
         || die "import vllm failed"
     "$PY" -c "from arctic_inference.suffix_decoding import SuffixDecodingCache; print('[install] arctic-inference suffix tree OK')" \
         || echo "[install] WARNING: arctic_inference.suffix_decoding not importable"
+    "$PY" -c "import suffix_gpu; print('[install] import suffix_gpu', suffix_gpu.__version__)" \
+        || echo "[install] WARNING: suffix_gpu not importable"
     "$PY" -c "import openrlhf_das; print('[install] import openrlhf_das OK')" 2>/dev/null \
         || echo "[install] openrlhf_das not importable (no project wheel?)"
     took "import checks" "$t"
@@ -204,10 +209,13 @@ wait_deps() {  # deps may be running in the background since the "sw" transfer
 mode="${1:-all}"
 case "$mode" in
     bg-deps)
-        # run from a copy: the next transfer re-syncs the repo's files under us
+        # run from a copy: the next transfer re-syncs the repo's files under us. That replaces
+        # the repository folder too, so the stage must not run in it either (pip's os.getcwd()
+        # then raises FileNotFoundError): it runs in its own folder, $DW/bin
         mkdir -p "$DW/bin"
         cp "$HERE"/{install.sh,env.sh,verify.py,materialize.py,smoke.py,wheels.lock} "$DW/bin/"
         rm -f "$DW/deps.done" "$DW/deps.failed"
+        cd "$DW/bin" || die "cannot cd into $DW/bin"
         setsid nohup bash -c "bash '$DW/bin/install.sh' deps > '$DW/deps.log' 2>&1 && touch '$DW/deps.done' || touch '$DW/deps.failed'" \
             < /dev/null > /dev/null 2>&1 &
         echo $! > "$DW/deps.pid"
