@@ -15,6 +15,8 @@ Usage: every ``python -m openrlhf.cli.train_ppo_ray`` flag, unchanged, plus::
                                 --train.partial_rollout_enable and --rollout.vllm_generate_batch_size
                                 > --rollout.batch_size; docs/partial-rollouts.md)
     --das.partial_max_staleness K  carry an unfinished group over at most K steps (default 2)
+    --das.length_buckets [E,..] report buckets' upper edges (default: four buckets over
+                                0..--rollout.max_new_tokens when it is given)
     --das.help                  print this and exit
     --rollout-only              OpenRLHF's generation/reward/step loop without the DeepSpeed update
                                 (CPU machines, rollout timing); DAS on or off. Needs
@@ -22,7 +24,10 @@ Usage: every ``python -m openrlhf.cli.train_ppo_ray`` flag, unchanged, plus::
 
 ``--das=VALUE`` / ``--das.<key>=VALUE`` forms work too. Every ``--das*`` token is removed before
 OpenRLHF parses the rest. The DAS config is validated **before** anything heavy is imported or
-Ray starts: an unknown key or a bad value exits with status 2 and names the key.
+Ray starts: an unknown key or a bad value exits with status 2 and names the key. So does a vLLM
+or OpenRLHF outside the tested versions (:data:`openrlhf_das.versions.TESTED`) when ``--das`` is
+on (both) or ``--rollout-only`` is given (OpenRLHF): the message names the installed and the tested
+versions (``OPENRLHF_DAS_ALLOW_UNTESTED=1`` goes on anyway).
 
 * DAS off: the arguments OpenRLHF receives are exactly the user's (minus ``--das*`` tokens, if
   any) and ``openrlhf.cli.train_ppo_ray`` runs as ``__main__`` in this process, untouched. The
@@ -43,6 +48,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .. import versions
 from ..config import DASConfig, DASConfigError
 from ..integrations.openrlhf.settings import IntegrationSettings
 
@@ -135,15 +141,32 @@ def split_argv(argv: Sequence[str]) -> DASArgs:
     return out
 
 
-def ckpt_path(openrlhf_argv: Sequence[str]) -> str:
-    """The ``--ckpt.path`` value of an OpenRLHF command line (OpenRLHF's default if absent)."""
-    value = DEFAULT_CKPT_PATH
+def flag_value(openrlhf_argv: Sequence[str], flag: str, default: str | None = None) -> str | None:
+    """The last value of ``flag`` (``--flag V`` or ``--flag=V``) in an OpenRLHF command line."""
+    value = default
     for i, tok in enumerate(openrlhf_argv):
-        if tok == "--ckpt.path" and i + 1 < len(openrlhf_argv):
+        if tok == flag and i + 1 < len(openrlhf_argv):
             value = openrlhf_argv[i + 1]
-        elif tok.startswith("--ckpt.path="):
+        elif tok.startswith(flag + "="):
             value = tok.split("=", 1)[1]
     return value
+
+
+def ckpt_path(openrlhf_argv: Sequence[str]) -> str:
+    """The ``--ckpt.path`` value of an OpenRLHF command line (OpenRLHF's default if absent)."""
+    return flag_value(openrlhf_argv, "--ckpt.path", DEFAULT_CKPT_PATH) or DEFAULT_CKPT_PATH
+
+
+def run_length_buckets(config: DASConfig, openrlhf_argv: Sequence[str]) -> DASConfig:
+    """``config`` with report buckets over the run's own length range
+    (:func:`openrlhf_das.reports.length_buckets.edges_for` of ``--rollout.max_new_tokens``),
+    unless the run chose its edges or gives no ``--rollout.max_new_tokens``."""
+    from ..reports.length_buckets import chosen, edges_for
+
+    text = flag_value(openrlhf_argv, "--rollout.max_new_tokens")
+    if chosen(config.length_buckets) or text is None or not text.isdigit() or int(text) < 1:
+        return config
+    return config.with_overrides({"length_buckets": list(edges_for(int(text)))})
 
 
 def resolve(das: DASArgs) -> tuple[DASConfig, IntegrationSettings]:
@@ -152,6 +175,7 @@ def resolve(das: DASArgs) -> tuple[DASConfig, IntegrationSettings]:
         config = DASConfig.from_yaml(das.config_path, das.overrides)
     else:
         config = DASConfig().with_overrides(das.overrides) if das.overrides else DASConfig()
+    config = run_length_buckets(config, das.openrlhf_argv)
     if config.max_budget < 1:
         raise DASConfigError("every DAS draft budget is 0: nothing would be drafted (raise budgets.long.tokens)")
     integration = dict(das.integration)
@@ -188,6 +212,13 @@ def start_ray(config: DASConfig, integ: IntegrationSettings, **init_kwargs: Any)
     ray.init(runtime_env=ray_runtime_env(config, integ), **init_kwargs)
 
 
+def version_problems(das: DASArgs) -> list[str]:
+    """Untested components this command line depends on (empty: go on): vLLM and OpenRLHF
+    with ``--das``, OpenRLHF with ``--rollout-only``; stock OpenRLHF runs need neither."""
+    needs = ["vllm", "openrlhf"] if das.enabled else ["openrlhf"] if das.rollout_only else []
+    return versions.check_at_start(needs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -199,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             config, integ = resolve(das)
     except (UsageError, DASConfigError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    problems = version_problems(das)
+    if problems:
+        print(f"{PROG}: error: " + "; ".join(problems)
+              + f" (set {versions.ALLOW_UNTESTED_ENV}=1 to try anyway)", file=sys.stderr)
         return 2
 
     from ..integrations.openrlhf import openrlhf_cli, settings
@@ -214,9 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..integrations.openrlhf import patches
 
     if integ.partial_rollout:
+        from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
         from ..integrations.openrlhf.partial import check_openrlhf_args
+        from ..integrations.openrlhf.samples import partial_rollout_supported
 
         problems = check_openrlhf_args(openrlhf_cli.parse_args(das.openrlhf_argv))
+        why = partial_rollout_supported(SamplesGenerator)
+        if why is not None:
+            problems.append(f"--das.partial_rollout: {why}")
         if problems:
             print(f"{PROG}: error: " + "; ".join(problems), file=sys.stderr)
             return 2

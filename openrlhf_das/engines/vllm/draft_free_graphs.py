@@ -24,6 +24,14 @@ decode graphs. Adds nothing to engines without them (eager, CPU, PIECEWISE-only)
 speculation, or with LoRA. Written against the V1 model runner of vLLM 0.26-0.29 (same code in
 both); attention-only models (hybrid Mamba/GDN layers build speculative metadata per step and
 are not covered).
+
+Guarded (:mod:`openrlhf_das.versions`, optional feature ``draft_free_graphs``): outside the
+tested versions, or when a patched method is missing, :func:`install` patches nothing. Every
+private attribute and argument read at key set-up, dispatch and capture goes through
+``versions.probe``: a rename (e.g. of the ``max_num_scheduled_tokens`` argument or
+``_bs_to_padded_graph_size``) switches the feature off for the process and the step takes
+vLLM's own path (it then runs eager, as without this module); :func:`draft_free_keys` is empty
+from then on, so the proposer pads every step again.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ... import versions
+
 logger = logging.getLogger(__name__)
 
 KEYS_ATTR = "_das_draft_free_keys"
@@ -43,30 +53,42 @@ PAD_ATTR = "_das_draft_free_padding"
 """Dispatcher attribute: request count -> padded 1-token step size (list indexed by count)."""
 
 _MARK = "_das_draft_free"
+FEATURE = "draft_free_graphs"
 
 
 def draft_free_keys(dispatcher: Any) -> frozenset:
-    """The 1-token-per-request decode keys added to ``dispatcher`` (empty if none)."""
+    """The 1-token-per-request decode keys added to ``dispatcher`` (empty if none, or once the
+    feature is switched off)."""
+    if not versions.enabled(FEATURE):
+        return frozenset()
     return getattr(dispatcher, KEYS_ATTR, frozenset())
 
 
+def _saved_state(objs: tuple[Any, ...]) -> list[tuple[Any, str, Any, Any]]:
+    """(object, attribute, current value, 1-token value) for :func:`_one_token_steps`; reads
+    every private attribute first (raises on a rename before anything is changed)."""
+    saved = [(o, "uniform_decode_query_len", o.uniform_decode_query_len, 1) for o in objs]
+    saved += [(o, "_bs_to_padded_graph_size", o._bs_to_padded_graph_size, getattr(o, PAD_ATTR))
+              for o in objs if hasattr(o, PAD_ATTR)]
+    return saved
+
+
 @contextmanager
-def _one_token_steps(*objs: Any) -> Iterator[None]:
+def _one_token_steps(*objs: Any) -> Iterator[bool]:
     """Make ``objs`` (runner, dispatcher) see a uniform decode query length of 1, and the
-    dispatcher pad to the 1-token step sizes."""
-    old = [o.uniform_decode_query_len for o in objs]
-    pads = [(o, o._bs_to_padded_graph_size) for o in objs if hasattr(o, PAD_ATTR)]
-    for o in objs:
-        o.uniform_decode_query_len = 1
-    for o, _ in pads:
-        o._bs_to_padded_graph_size = getattr(o, PAD_ATTR)
+    dispatcher pad to the 1-token step sizes; yields False (changing nothing) when their
+    attributes cannot be read (feature switched off)."""
+    saved = versions.probe(FEATURE, lambda: _saved_state(objs), None)
+    if saved is None:
+        yield False
+        return
+    for o, name, _, value in saved:
+        setattr(o, name, value)
     try:
-        yield
+        yield True
     finally:
-        for o, v in zip(objs, old):
-            o.uniform_decode_query_len = v
-        for o, table in pads:
-            o._bs_to_padded_graph_size = table
+        for o, name, old, _ in saved:
+            setattr(o, name, old)
 
 
 def one_token_sizes(capture_sizes: list[int], max_num_seqs: int, max_capture_size: int) -> list[int]:
@@ -94,27 +116,36 @@ def _padding_table(sizes: list[int], max_capture_size: int) -> list[int]:
 def _wrap_initialize_keys(orig: Any) -> Any:
     from vllm.config import CUDAGraphMode
 
-    @functools.wraps(orig)
-    def initialize_cudagraph_keys(self: Any, cudagraph_mode: Any, uniform_decode_query_len: int = 1) -> None:
-        orig(self, cudagraph_mode, uniform_decode_query_len)
-        keys: set = set()
-        if (
+    def wanted(self: Any, cudagraph_mode: Any, uniform_decode_query_len: int) -> bool:
+        return (
             uniform_decode_query_len > 1
             and cudagraph_mode.decode_mode() == CUDAGraphMode.FULL
             and cudagraph_mode.separate_routine()
             and self.vllm_config.lora_config is None
-        ):
-            max_size = self.compilation_config.max_cudagraph_capture_size
-            sizes = one_token_sizes(self.compilation_config.cudagraph_capture_sizes or [],
-                                    self.vllm_config.scheduler_config.max_num_seqs, max_size)
-            setattr(self, PAD_ATTR, _padding_table(sizes, max_size))
-            with _one_token_steps(self):
-                for size in sizes:
-                    desc = self._create_padded_batch_descriptor(size, True, False, 0)
-                    self.add_cudagraph_key(CUDAGraphMode.FULL, desc)
-                    keys.add(desc)
-            logger.info("DAS: %d full CUDA graphs for draft-free decode steps (up to %d requests)",
-                        len(keys), max((d.num_reqs for d in keys), default=0))
+        )
+
+    def descriptors(self: Any) -> list[Any]:
+        """The 1-token keys (nothing added yet); raises on a renamed attribute."""
+        max_size = self.compilation_config.max_cudagraph_capture_size
+        sizes = one_token_sizes(self.compilation_config.cudagraph_capture_sizes or [],
+                                self.vllm_config.scheduler_config.max_num_seqs, max_size)
+        setattr(self, PAD_ATTR, _padding_table(sizes, max_size))
+        with _one_token_steps(self) as entered:
+            if not entered:
+                raise AttributeError("the dispatcher's uniform decode length or padding table")
+            return [self._create_padded_batch_descriptor(size, True, False, 0) for size in sizes]
+
+    @functools.wraps(orig)
+    def initialize_cudagraph_keys(self: Any, cudagraph_mode: Any, uniform_decode_query_len: int = 1) -> None:
+        orig(self, cudagraph_mode, uniform_decode_query_len)
+        keys: set = set()
+        if versions.probe(FEATURE, lambda: wanted(self, cudagraph_mode, uniform_decode_query_len), False):
+            for desc in versions.probe(FEATURE, lambda: descriptors(self), []):
+                self.add_cudagraph_key(CUDAGraphMode.FULL, desc)
+                keys.add(desc)
+            if keys:
+                logger.info("DAS: %d full CUDA graphs for draft-free decode steps (up to %d requests)",
+                            len(keys), max((d.num_reqs for d in keys), default=0))
         setattr(self, KEYS_ATTR, frozenset(keys))
 
     setattr(initialize_cudagraph_keys, _MARK, True)
@@ -124,18 +155,22 @@ def _wrap_initialize_keys(orig: Any) -> Any:
 def _wrap_determine(orig: Any) -> Any:
     sig = inspect.signature(orig)
 
+    def one_token_step(self: Any, args: tuple, kwargs: dict) -> Any:
+        """The dispatcher if this is a draft-free 1-token decode step with keys, else None."""
+        dispatcher = self.cudagraph_dispatcher
+        if not draft_free_keys(dispatcher) or self.uniform_decode_query_len <= 1:
+            return None
+        a = sig.bind(self, *args, **kwargs).arguments
+        one = (a.get("force_uniform_decode") is None and a["max_num_scheduled_tokens"] == 1
+               and a["num_tokens"] == a["num_reqs"])
+        return dispatcher if one else None
+
     @functools.wraps(orig)
     def determine(self: Any, *args: Any, **kwargs: Any) -> Any:
-        dispatcher = self.cudagraph_dispatcher
-        if draft_free_keys(dispatcher) and self.uniform_decode_query_len > 1:
-            a = sig.bind(self, *args, **kwargs).arguments
-            if (
-                a.get("force_uniform_decode") is None
-                and a["max_num_scheduled_tokens"] == 1
-                and a["num_tokens"] == a["num_reqs"]
-            ):
-                with _one_token_steps(self, dispatcher):
-                    return orig(self, *args, **kwargs)
+        dispatcher = versions.probe(FEATURE, lambda: one_token_step(self, args, kwargs), None)
+        if dispatcher is not None:
+            with _one_token_steps(self, dispatcher):
+                return orig(self, *args, **kwargs)
         return orig(self, *args, **kwargs)
 
     setattr(determine, _MARK, True)
@@ -145,8 +180,8 @@ def _wrap_determine(orig: Any) -> Any:
 def _wrap_capture(orig: Any) -> Any:
     @functools.wraps(orig)
     def warmup_and_capture(self: Any, desc: Any, *args: Any, **kwargs: Any) -> Any:
-        dispatcher = self.cudagraph_dispatcher
-        if desc in draft_free_keys(dispatcher):
+        dispatcher = versions.probe(FEATURE, lambda: self.cudagraph_dispatcher, None)
+        if dispatcher is not None and desc in draft_free_keys(dispatcher):
             with _one_token_steps(self, dispatcher):
                 return orig(self, desc, *args, **kwargs)
         return orig(self, desc, *args, **kwargs)
@@ -163,11 +198,27 @@ _PATCHES = {
 
 def install(dispatcher_cls: Any = None, runner_cls: Any = None) -> bool:
     """Patch ``dispatcher_cls`` (default vLLM's ``CudagraphDispatcher``) and ``runner_cls``
-    (default ``GPUModelRunner``). Idempotent; returns True if something was patched."""
+    (default ``GPUModelRunner``). Idempotent; returns True if something was patched; False also
+    when the feature is off (untested vLLM, or a patched or called method is missing: then
+    nothing is patched and the feature is switched off)."""
+    return bool(versions.optional_patch(FEATURE, _install, dispatcher_cls, runner_cls))
+
+
+_CALLED = {"dispatcher": ("_create_padded_batch_descriptor", "add_cudagraph_key")}
+"""Methods the patched code calls (checked with the patched ones before anything is patched)."""
+
+
+def _install(dispatcher_cls: Any, runner_cls: Any) -> bool:
     if dispatcher_cls is None:
         from vllm.v1.cudagraph_dispatcher import CudagraphDispatcher as dispatcher_cls
     if runner_cls is None:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner as runner_cls
+    from vllm.config import CUDAGraphMode  # noqa: F401 - the key set-up needs it
+
+    for cls, names in ((dispatcher_cls, [*_PATCHES["dispatcher"], *_CALLED["dispatcher"]]),
+                       (runner_cls, list(_PATCHES["runner"]))):
+        for name in names:
+            getattr(cls, name)  # AttributeError before anything is patched
     patched = False
     for cls, names in ((dispatcher_cls, _PATCHES["dispatcher"]), (runner_cls, _PATCHES["runner"])):
         for name, wrap in names.items():

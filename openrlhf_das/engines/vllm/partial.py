@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence
@@ -35,6 +36,8 @@ import numpy as np
 from vllm.sampling_params import RequestOutputKind
 
 from ...drafter import HistorySnapshot, Rollout
+
+logger = logging.getLogger(__name__)
 
 BudgetKind = Literal["tokens", "samples"]
 
@@ -167,6 +170,7 @@ class PartialRolloutManager:
         self._unreported: list[FinishedSample] = []  # finished in a step that raised
         self._history: list[Rollout] = []
         self._ids = itertools.count()
+        self.weight_version_errors = 0  # engine.set_weight_version calls that raised (logged)
 
     # ------------------------------------------------------------------ inputs / state
     def add_problems(
@@ -190,12 +194,15 @@ class PartialRolloutManager:
         """Weights were updated: segments generated from now on carry ``version``. Also recorded
         on the engine (``LLMEngine.set_weight_version``) where vLLM supports it."""
         self.weight_version = int(version)
-        setter = getattr(self.engine, "set_weight_version", None)
+        setter = getattr(self.engine, "set_weight_version", None)  # vLLM without it: our counter only
         if setter is not None:
             try:
                 setter(str(self.weight_version))
             except Exception:  # noqa: BLE001 - bookkeeping only; our counter is authoritative
-                pass
+                self.weight_version_errors += 1
+                logger.warning("partial rollouts: LLMEngine.set_weight_version(%s) failed (%d so far); "
+                               "segments keep our own version counter", self.weight_version,
+                               self.weight_version_errors, exc_info=self.weight_version_errors == 1)
 
     def bump_weight_version(self) -> int:
         self.set_weight_version(self.weight_version + 1)

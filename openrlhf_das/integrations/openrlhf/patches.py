@@ -24,6 +24,13 @@ whose loader runs the patch right after the module body), so workers that never 
 It also makes ``flash_attn``'s helper modules importable where flash-attn is missing
 (:mod:`.flash_attn_shim`). The patched code checks at call time whether DAS is on
 (``OPENRLHF_DAS_CONFIG``); with DAS off it runs OpenRLHF's original code.
+
+Version gate (:mod:`openrlhf_das.versions`): the engine factory and the samples generator are
+core patches — outside the tested OpenRLHF versions, or when their site is missing, patching
+raises :class:`~openrlhf_das.versions.UnsupportedVersionError` (at import of the target module,
+i.e. when the job's actors start, never mid-rollout). The problem-id hook is optional
+(``openrlhf.problem_ids``): switched off with one warning, problem ids then fall back to the
+prompt hash.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from ... import versions
 from .flash_attn_shim import ensure_flash_attn
 from .post_import import PostImportHook
 
@@ -46,7 +54,7 @@ _installed = False
 
 # ---------------------------------------------------------------------- patch functions
 def _patch_prompts_dataset(mod: Any) -> None:
-    original = mod.preprocess_data
+    original = mod.preprocess_data  # AttributeError: feature off (optional)
     if getattr(original, "__das_patched__", False):
         return
 
@@ -77,6 +85,8 @@ def _patch_samples_generator(mod: Any) -> None:
 
 
 def _patch_vllm_engine(mod: Any) -> None:
+    versions.require_attrs(mod, ["create_vllm_engines", "RolloutRayActor"], "openrlhf.create_vllm_engines",
+                           ("openrlhf",))
     original = mod.create_vllm_engines
     if getattr(original, "__das_patched__", False):
         return
@@ -107,6 +117,9 @@ TARGETS: dict[str, Callable[[Any], None]] = {
     "openrlhf.trainer.ray": _patch_trainer_ray_pkg,
 }
 
+OPTIONAL: dict[str, str] = {"openrlhf.datasets.prompts_dataset": "openrlhf.problem_ids"}
+"""Targets whose patch is optional -> its feature name; every other target is core."""
+
 
 def _das_on() -> bool:
     from . import settings
@@ -119,7 +132,10 @@ def _run_patch(name: str, module: Any) -> None:
     with _lock:
         if _applied.get(name):
             return
-        TARGETS[name](module)
+        if name in OPTIONAL:
+            versions.optional_patch(OPTIONAL[name], TARGETS[name], module, components=("openrlhf",))
+        else:
+            versions.core_patch(f"patch of {name}", TARGETS[name], module, components=("openrlhf",))
         _applied[name] = True
     logger.debug("openrlhf-das: patched %s", name)
 
@@ -151,4 +167,5 @@ def status() -> dict[str, Any]:
         "hook_installed": _installed,
         "patched": {name: bool(_applied.get(name)) for name in TARGETS},
         "flash_attn_shim": shim_active(),
+        "disabled_features": versions.disabled_features(),
     }

@@ -11,6 +11,12 @@ What it is for: machines without CUDA (DeepSpeed's training path needs it), wher
 form of the main job, and measuring rollout time alone. Engines need ``num_gpus`` Ray resources:
 on a CPU machine the cluster gets fake ones (vLLM's CPU build ignores them). Only
 ``--reward.remote_url`` rewards (a Python file or a URL) work: reward models are DeepSpeed actors.
+
+Version gate: OpenRLHF's ``create_vllm_engines`` and ``PPOTrainer`` are called with keyword
+arguments checked against their signatures, and the trainer's class body, ``fit`` and
+``train_step`` are checked, before anything starts (:func:`bind_checked`, :func:`_trainer_class`):
+a renamed argument or method raises :class:`~openrlhf_das.versions.UnsupportedVersionError`
+naming the installed and tested OpenRLHF, never mid-run.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from ... import versions
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +53,25 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def bind_checked(fn: Callable[..., Any], what: str, **kwargs: Any) -> dict[str, Any]:
+    """``kwargs`` if ``fn``'s signature accepts them (``__wrapped__`` followed), else
+    :class:`~openrlhf_das.versions.UnsupportedVersionError`."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind_partial(**kwargs)
+    except TypeError as exc:
+        raise versions.UnsupportedVersionError(
+            f"{what}: {exc}; installed {versions.installed('openrlhf').label} "
+            f"(tested: {versions.tested_range('openrlhf')})") from exc
+    return kwargs
+
+
 def _trainer_class() -> type:
     from openrlhf.trainer.ppo_trainer import PPOTrainer
 
-    base = PPOTrainer.__ray_metadata__.modified_class.__ray_actor_class__
+    base = versions.actor_class(PPOTrainer, "openrlhf.PPOTrainer")
+    versions.require_attrs(base, ["fit", "train_step"], "openrlhf.PPOTrainer", ("openrlhf",))
 
     class RolloutOnlyTrainer(base):  # type: ignore[misc, valid-type]
         """OpenRLHF's PPOTrainer whose ``train_step`` records rollout statistics instead of
@@ -89,15 +112,25 @@ def run(args: Any) -> list[dict[str, float]]:
     from openrlhf.trainer.ray import create_vllm_engines  # the patched re-export when DAS is on
     from openrlhf.utils import get_strategy
 
-    strategy = get_strategy(args)
-    engines = create_vllm_engines(
-        args.vllm.num_engines, args.vllm.tensor_parallel_size, args.actor.model_name_or_path, args.train.seed,
-        args.train.full_determinism_enable, args.vllm.enable_prefix_caching, args.vllm.enforce_eager,
-        args.data.max_len, None, args.vllm.gpu_memory_utilization, False, None,
+    trainer_cls = _trainer_class()
+    engine_kwargs = bind_checked(
+        create_vllm_engines, "openrlhf.create_vllm_engines",
+        num_engines=args.vllm.num_engines, tensor_parallel_size=args.vllm.tensor_parallel_size,
+        pretrain=args.actor.model_name_or_path, seed=args.train.seed,
+        full_determinism=args.train.full_determinism_enable, enable_prefix_caching=args.vllm.enable_prefix_caching,
+        enforce_eager=args.vllm.enforce_eager, max_model_len=args.data.max_len, shared_pg=None,
+        gpu_memory_utilization=args.vllm.gpu_memory_utilization, vllm_enable_sleep=False, logprobs_mode=None,
         agent_func_path=args.train.agent_func_path, remote_rm_url=args.reward.remote_url,
     )
-    trainer = ray.remote(_trainer_class()).remote(
-        args.actor.model_name_or_path, strategy, None, None, None, None, engines,
+    strategy = get_strategy(args)
+    trainer_kwargs = dict(
+        pretrain=args.actor.model_name_or_path, strategy=strategy, actor_model_group=None, critic_model_group=None,
+        reward_model_group=None, reference_model_group=None,
+    )
+    bind_checked(trainer_cls.__init__, "openrlhf.PPOTrainer", **trainer_kwargs, vllm_engines=None)
+    engines = create_vllm_engines(**engine_kwargs)
+    trainer = ray.remote(trainer_cls).remote(
+        **trainer_kwargs, vllm_engines=engines,
         do_sample=True, max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens,
         temperature=args.rollout.temperature, top_p=args.rollout.top_p,
     )

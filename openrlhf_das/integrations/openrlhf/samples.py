@@ -23,6 +23,12 @@ engine OpenRLHF's load balancer chose.
 Evaluation generation (``generate_eval_samples``) is tagged too but never recorded as history.
 Everything here is inert unless this process has a DAS config and the history actor exists
 (i.e. the engines are DAS engines).
+
+Version gate: :func:`patch` checks every private method it wraps (:data:`CORE_METHODS`) before
+wrapping any, and raises :class:`~openrlhf_das.versions.UnsupportedVersionError` (naming the
+installed and tested OpenRLHF) when one is missing; ``_generate_vllm`` (partial rollouts only)
+is optional: without it ``openrlhf.partial_rollout`` is switched off (the CLI refuses
+``--das.partial_rollout`` then, :func:`partial_rollout_supported`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ... import versions
 from . import problem_ids, settings
 
 
@@ -206,14 +213,29 @@ class _RoutedMethod:
 
 
 # ---------------------------------------------------------------------- patched methods
+CORE_METHODS = ("generate_samples", "_process_response_into_experience", "_dispatch_prompts_to_vllm")
+"""``SamplesGenerator`` methods DAS wraps and cannot run without."""
+PARTIAL_FEATURE = "openrlhf.partial_rollout"
+
+
 def patch(cls: type) -> None:
-    """Patch ``SamplesGenerator`` in place (idempotent)."""
+    """Patch ``SamplesGenerator`` in place (idempotent); see the module docstring's version gate."""
+    versions.require_attrs(cls, CORE_METHODS, "openrlhf.SamplesGenerator", ("openrlhf",))
     if getattr(cls.generate_samples, "__das_patched__", False):
         return
     _wrap(cls, "generate_samples", _generate_samples)
     _wrap(cls, "_process_response_into_experience", _process_response)
     _wrap(cls, "_dispatch_prompts_to_vllm", _dispatch)
-    _wrap(cls, "_generate_vllm", _generate_vllm)
+    versions.optional_patch(PARTIAL_FEATURE, _wrap, cls, "_generate_vllm", _generate_vllm, components=("openrlhf",))
+
+
+def partial_rollout_supported(cls: type) -> str | None:
+    """None if ``--das.partial_rollout`` can run on ``SamplesGenerator`` class ``cls`` and the
+    installed OpenRLHF, else why not."""
+    why = versions.untested("openrlhf")
+    if why is None and not callable(getattr(cls, "_generate_vllm", None)):
+        why = f"OpenRLHF's SamplesGenerator has no _generate_vllm (installed {versions.installed('openrlhf').label})"
+    return why
 
 
 def _wrap(cls: type, name: str, make: Callable[[Callable], Callable]) -> None:
