@@ -93,6 +93,29 @@ class GateConfig(_Strict):
         return self
 
 
+class DeviceDrafterConfig(_Strict):
+    """The device-resident drafter (``openrlhf_das/device``, mode ``das_gpu``): drafts are made
+    on the accelerator from the engine's token buffer, so a drafted step never waits for the
+    host. Needs ``async_scheduling``. Sources follow ``use_request_tree`` (own text),
+    ``use_problem_tree`` (+ ``use_siblings``: live sibling text) and ``use_global_tree``."""
+
+    enabled: bool = False
+    max_occurrences: int = Field(default=64, ge=1, le=1024)
+    """Occurrences of a match that vote on the draft (``suffix-gpu``'s ``max_occurrences``)."""
+    num_backoff: int = Field(default=4, ge=1, le=12)
+    """Candidate match lengths per source (``suffix-gpu``'s multi-length backoff)."""
+    history_capacity: int = Field(default=1 << 22, ge=1024)
+    """Tokens each device history index holds (16 bytes of device memory per token)."""
+    live_capacity: int = Field(default=1 << 16, ge=256)
+    """Tokens of live sibling text held on the device between history loads."""
+    live_interval: int = Field(default=16, ge=1)
+    """Engine steps between two appends of the batch's new sibling text."""
+    live_chunk: int = Field(default=32, ge=1)
+    """A row's sibling text is appended once it has this many new tokens."""
+    cuda_graphs: bool = True
+    """Replay the drafting step from CUDA graphs (one per batch-size bucket) on CUDA devices."""
+
+
 class DASConfig(_Strict):
     """All DAS knobs. Units: tokens unless stated; steps are RL training steps."""
 
@@ -182,6 +205,9 @@ class DASConfig(_Strict):
     async scheduling vLLM otherwise reserves k slots per request at every step, and a gated step
     pays for them on the host. False: slots at every step (vLLM's ``ngram_gpu`` behaviour)."""
 
+    device_drafter: DeviceDrafterConfig = DeviceDrafterConfig()
+    """Engine, with :attr:`async_scheduling`: draft on the accelerator (``das_gpu``)."""
+
     @field_validator("pad_drafts", mode="before")
     @classmethod
     def _pad_auto(cls, value: Any) -> Any:
@@ -204,6 +230,8 @@ class DASConfig(_Strict):
             raise ValueError("the largest draft budget must be smaller than max_depth")
         if self.pattern_tokens is not None and self.pattern_tokens > self.max_depth:
             raise ValueError("pattern_tokens must be <= max_depth (longer matches cannot be indexed)")
+        if self.device_drafter.enabled and not self.async_scheduling:
+            raise ValueError("device_drafter.enabled needs async_scheduling: true (method ngram_gpu)")
         return self
 
     @property

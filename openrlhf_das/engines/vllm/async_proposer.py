@@ -112,7 +112,18 @@ class _Pending:
 
 
 class DASAsyncProposer(DASDrafting, NgramProposerGPU):
-    """``NgramProposerGPU`` subclass; see the module docstring."""
+    """``NgramProposerGPU`` subclass; see the module docstring. With ``device_drafter.enabled``
+    in the DAS config, vLLM's ``NgramProposerGPU(...)`` builds the device-drafting subclass
+    (:class:`~.device_proposer.DASDeviceProposer`) instead."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DASAsyncProposer":
+        if cls is DASAsyncProposer:
+            config = config_from_env()
+            if config is not None and config.device_drafter.enabled:
+                from .device_proposer import DASDeviceProposer
+
+                cls = DASDeviceProposer
+        return super().__new__(cls)
 
     def __init__(self, vllm_config: Any, device: torch.device, runner: Any = None) -> None:
         config = config_from_env()
