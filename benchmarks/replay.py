@@ -32,7 +32,12 @@ policy             request  problem  global  siblings  budgets
 ``das``            x        x                          length classes + gate
 ``das+siblings``   x        x                x         length classes + gate
 ``das+all``        x        x        x       x         length classes + gate (engine default)
+``flat+all``       x        x        x       x         flat (``das+all`` without the policy)
 =================  =======  =======  ======  ========  ======================
+
+``DASConfig.shared_own_text`` of the base config applies to every policy (it changes what the
+problem and global trees hold). ``replay(extra=...)`` adds speculators built elsewhere (e.g.
+``arctic_baseline.ArcticSpeculator``) under their own names.
 
 ``--padded`` models a GPU engine on full CUDA graphs (``pad_drafts`` with draft-free graphs):
 a step in which any request has a draft verifies 1 + k tokens for *every* running request
@@ -78,6 +83,7 @@ _FLAGS: dict[str, tuple[tuple[bool, bool, bool, bool], bool] | None] = {
     "das": ((True, True, False, False), True),
     "das+siblings": ((True, True, False, True), True),
     "das+all": ((True, True, True, True), True),  # the engine's default sources
+    "flat+all": ((True, True, True, True), False),  # the same sources with a flat budget
 }
 POLICIES = tuple(_FLAGS)
 
@@ -319,9 +325,11 @@ def replay(
     flat_factor: float = 1.0,
     padded: bool = False,
     snapshot_scope: str = "batch",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, PolicyResult]:
     """Simulate every step under every policy; results keyed by policy (``padded``: see
-    :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`)."""
+    :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`; ``extra``: more
+    speculator-like objects by name, run after ``policies``)."""
     edges = list(base.length_buckets)
     results: dict[str, PolicyResult] = {}
     specs: dict[str, DASSpeculator | None] = {}
@@ -329,6 +337,9 @@ def replay(
         cfg = policy_config(p, base, flat_tokens, flat_factor)
         specs[p] = DASSpeculator(cfg) if cfg is not None else None
         results[p] = PolicyResult(p, cfg.to_dict() if cfg else None, _Counts.zeros(len(edges) + 1))
+    for p, spec in (extra or {}).items():
+        specs[p] = spec
+        results[p] = PolicyResult(p, spec.config.to_dict(), _Counts.zeros(len(edges) + 1))
     feed = HistoryFeed(base.window, snapshot_scope)
     for step, samples in steps.items():
         pids = [s.problem_id for s in samples]
@@ -348,6 +359,8 @@ def replay(
     for p, spec in specs.items():
         if spec is not None:
             results[p].speculator = {k: v for k, v in spec.stats().items() if k != "acceptance"}
+            if hasattr(spec, "tuner"):
+                results[p].speculator["tuning_log"] = list(spec.tuner.changes)
     return results
 
 

@@ -1,7 +1,9 @@
 """``DASSpeculator``: one decode step of DAS, independent of any inference engine.
 
-Per step: record the acceptance of the previous drafts → batch gate → per-request budget from
-the request's length class (with online promotion) → optional per-step quota → drafts from the
+Per step: record the acceptance of the previous drafts → online budget tuning → batch gate →
+per-request budget from the request's length class (with online promotion relative to the run,
+``policy/promotion.py``) and length bucket (``policy/tuning.py``) → optional per-step quota →
+drafts from the
 :class:`~openrlhf_das.drafter.Drafter` → optional cost-model filter → bookkeeping.
 
 The vLLM proposer (``openrlhf_das.engines.vllm``) and the replay benchmark both drive this
@@ -18,10 +20,25 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .config import DASConfig, LengthClass
+from .config import ClassBudget, DASConfig, LengthClass
 from .drafter import Draft, Drafter, DraftRequest, HistoryIndex, HistorySnapshot
 from .drafter.suffix_tree import EMPTY_DRAFT
-from .policy import AcceptanceTracker, CostModelGate, CostTable, MaxRunningGate, apply_quota, assign_length_classes, promote
+from .policy import (
+    AcceptanceTracker,
+    BudgetTuner,
+    CostModelGate,
+    CostTable,
+    MaxRunningGate,
+    apply_quota,
+    assign_length_classes,
+    problem_threshold,
+    promoted_rank,
+    run_thresholds,
+    tail_floor,
+)
+from .policy.promotion import NO_THRESHOLD
+
+_CLASSES = (LengthClass.SHORT, LengthClass.MEDIUM, LengthClass.LONG)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +52,8 @@ class StepRequest:
     assigned by the trainer side (None = use the engine's own classification);
     ``generated_offset``: tokens the sample generated before this request's prompt ended (a
     partial rollout resumed with its earlier output folded into the prompt), added to the
-    generated length for online promotion.
+    generated length for online promotion; ``max_new_tokens``: the request's response limit
+    (None: ``DASConfig.max_new_tokens``), which sets its promotion thresholds.
     """
 
     request_id: str
@@ -45,6 +63,7 @@ class StepRequest:
     length_class: LengthClass | None = None
     num_sampled: int = 0
     generated_offset: int = 0
+    max_new_tokens: int | None = None
 
     @property
     def generated(self) -> int:
@@ -70,10 +89,14 @@ class DASSpeculator:
             use_global_tree=config.use_global_tree,
             global_fallback=config.global_fallback,
             use_siblings=config.use_siblings,
+            shared_own_text=config.shared_own_text,
             live_step=live_step,
         )
         self.tracker = AcceptanceTracker(config.length_buckets)
+        self.tuner = BudgetTuner(config)
         self.classes: dict[str, LengthClass] = {}
+        self.problem_promote_at: dict[str, float] = {}
+        """Generated length past which a request of the problem is promoted to long."""
         self.gated_steps = 0
         self.steps = 0
         self.snapshot_incremental = 0
@@ -93,6 +116,12 @@ class DASSpeculator:
         d.use_request_tree, d.use_problem_tree = config.use_request_tree, config.use_problem_tree
         d.use_global_tree, d.use_siblings = config.use_global_tree, config.use_siblings
         d.global_fallback = config.global_fallback
+        d.shared_own_text = config.shared_own_text
+        if (config.budgets, config.tuning, config.length_policy) != (
+            self.tuner.config.budgets, self.tuner.config.tuning, self.tuner.config.length_policy
+        ):
+            self.tuner = BudgetTuner(config)  # learned cells belong to the former budgets
+        self.tuner.config = config
         self._max_running = MaxRunningGate(config.gate.max_running) if config.gate.mode == "max_running" else None
         self._cost_gate = (
             CostModelGate(CostTable.load(config.gate.cost_table))
@@ -140,11 +169,28 @@ class DASSpeculator:
             )
         self.drafter.swap_history(index, live_step)
         self.classes = dict(classes)
+        q = self.config.promotion.history_quantile
+        self.problem_promote_at = {p: problem_threshold(index.response_lengths(p), q) for p in index.problem_ids()}
 
     # ------------------------------------------------------------------ per step
-    def class_of(self, req: StepRequest) -> LengthClass:
-        base = req.length_class or self.classes.get(req.problem_id or "", self.config.unknown_class)
-        return promote(base, req.generated, self.config.promote_medium_tokens, self.config.promote_long_tokens)
+    def class_of(self, req: StepRequest, num_running: int | None = None) -> LengthClass:
+        """The request's class at this step (``policy/promotion.py``); ``num_running``: requests
+        running in the step (None: no tail rule)."""
+        c = self.config
+        base = req.length_class or self.classes.get(req.problem_id or "", c.unknown_class)
+        medium_at, long_at = run_thresholds(c, req.max_new_tokens)
+        tail = num_running is not None and num_running <= c.promotion.tail_running
+        rank = promoted_rank(
+            base.rank, req.generated, medium_at, long_at,
+            self.problem_promote_at.get(req.problem_id or "", NO_THRESHOLD),
+            tail_floor(c) if tail else 0,
+        )
+        return _CLASSES[rank]
+
+    def budget_of(self, length_class: LengthClass, generated: int) -> ClassBudget:
+        """Budget of a request of ``length_class`` that has generated ``generated`` tokens: the
+        tuned budget of its (class, bucket) cell (the class budget with tuning off)."""
+        return self.tuner.budget(length_class, self.tracker.bucket_of(generated))
 
     def gate_allows(self, num_running: int) -> bool:
         """False when the batch gate switches drafting off for a step of ``num_running``."""
@@ -171,16 +217,17 @@ class DASSpeculator:
         for req in batch:
             tracker.on_verified(req.request_id, req.num_sampled)
         running = len(batch) if num_running is None else num_running
+        self.tuner.observe(self.steps, tracker.by_cell)
         if not self.gate_allows(running):
             self.gated_steps += 1
             return [[] for _ in batch]
 
         c = self.config
-        classes = [self.class_of(r) for r in batch]
+        classes = [self.class_of(r, running) for r in batch]
         if padded_k > 0 and c.fill_padded_drafts:
             budgets = [c.fill_budget] * len(batch)
         elif c.length_policy:
-            budgets = [c.budgets.of(k) for k in classes]
+            budgets = [self.budget_of(k, r.generated) for k, r in zip(classes, batch)]
         else:
             budgets = [c.flat_budget] * len(batch)
         tokens = [b.tokens for b in budgets]
@@ -242,4 +289,6 @@ class DASSpeculator:
             "snapshot_full": self.snapshot_full,
             "snapshot_faults": self.snapshot_faults,
             "last_snapshot_seconds": self.last_snapshot_seconds,
+            "tuning": self.tuner.table(),
+            "tuning_changes": len(self.tuner.changes),
         }

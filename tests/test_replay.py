@@ -69,7 +69,7 @@ def tiny_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
 def tiny_report(tiny_trace: tuple[dict, dict]) -> dict:
     head, steps = tiny_trace
     cost = CostModel()
-    base = DASConfig()
+    base = DASConfig(shared_own_text=False)  # history only: no own text in the problem trees
     results = replay(steps, ["none", "problem", "das", "das+siblings"], base, cost)
     rep = report(results, base.length_buckets, head, cost)
     rep["_steps"] = steps
@@ -113,8 +113,9 @@ def tiny_steps(tiny_trace: tuple[dict, dict]) -> dict:
 
 def test_padded_engine_costs_k_per_request_in_drafted_steps(tiny_steps: dict) -> None:
     cost = CostModel()
-    plain = replay(tiny_steps, ["problem"], DASConfig(), cost)["problem"]
-    padded = replay(tiny_steps, ["problem"], DASConfig(), cost, padded=True)["problem"]
+    base = DASConfig(shared_own_text=False)  # step 0 has no draft source
+    plain = replay(tiny_steps, ["problem"], base, cost)["problem"]
+    padded = replay(tiny_steps, ["problem"], base, cost, padded=True)["problem"]
     # a flat policy drafts the same tokens either way: only the verify cost differs
     assert [s["accepted"] for s in padded.steps] == [s["accepted"] for s in plain.steps]
     assert [s["engine_steps"] for s in padded.steps] == [s["engine_steps"] for s in plain.steps]

@@ -39,7 +39,9 @@ def snapshot() -> HistorySnapshot:
 
 
 def speculator(overrides: dict[str, Any] | None = None) -> DASSpeculator:
-    spec = DASSpeculator(DASConfig().with_overrides(overrides or {}))
+    """Sibling mode (live text held back ``max_depth`` tokens; the shared own text of
+    ``shared_own_text`` is tested in test_drafter_union.py), no tail rule (test_policy_promotion.py)."""
+    spec = DASSpeculator(DASConfig().with_overrides({"shared_own_text": False, "promotion.tail_running": 0, **(overrides or {})}))
     spec.load_snapshot(snapshot())
     return spec
 

@@ -10,6 +10,14 @@ Sources (each optional, see ``DASConfig``):
 * ``global`` – the index's global tree over all problems' recent responses; with
   ``global_fallback`` only consulted when the other sources give no draft.
 
+With ``shared_own_text`` a running request's output goes into its problem tree *and* the global
+tree as it is generated, with no hold-back (arctic's ``SuffixDecodingCache`` scheme): one match
+then counts the problem's history, its siblings and the request's own text together, instead of
+the best of separate matches. Without it, sibling text (``use_siblings``) enters only the problem
+tree, ``max_depth`` tokens behind. With it, the per-request tree is kept only for requests without
+a problem tree (no problem id, or ``use_problem_tree`` off): on the real H100 trace it never won a
+draft once the own text was shared (tokens per verify step equal with and without it).
+
 The draft with the highest score wins (ties: request < problem < global order of preference).
 A draft is capped by ``min(budget, floor(match_len * factor + offset))`` and stops when the
 running probability drops below ``min_token_prob`` (both inside the native tree).
@@ -75,6 +83,7 @@ class Drafter:
         use_global_tree: bool = True,
         global_fallback: bool = True,
         use_siblings: bool = True,
+        shared_own_text: bool = False,
         live_step: int = 0,
     ) -> None:
         self.history = history
@@ -88,6 +97,7 @@ class Drafter:
         self.use_global_tree = use_global_tree
         self.global_fallback = global_fallback
         self.use_siblings = use_siblings
+        self.shared_own_text = shared_own_text
         self.live_step = live_step
         self.faults = 0
         self.rebuilds = 0
@@ -121,7 +131,7 @@ class Drafter:
             st = None
             self.rebuilds += 1
         if st is None:
-            tree = new_tree(self.max_depth) if self.use_request_tree else None
+            tree = new_tree(self.max_depth) if self._own_tree(problem_id) else None
             st = _RequestState(tree, 0, -1, problem_id, 0)
             self._requests[request_id] = st
         if n > st.indexed:
@@ -132,6 +142,11 @@ class Drafter:
         if live:
             self._extend_live(request_id, st, arr, num_prompt_tokens, problem_id)
 
+    def _own_tree(self, problem_id: str | None) -> bool:
+        """Whether a request of ``problem_id`` gets a per-request tree."""
+        shared = self.shared_own_text and problem_id is not None and self.use_problem_tree
+        return self.use_request_tree and not shared
+
     def update_live(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None) -> None:
         """Append the request's live sibling text as :meth:`update` would have, up to what it
         indexed (``tokens`` beyond that are ignored; no-op for a request not indexed yet)."""
@@ -141,16 +156,18 @@ class Drafter:
 
     def _extend_live(self, request_id: str, st: _RequestState, arr: np.ndarray, num_prompt_tokens: int,
                      problem_id: str | None) -> None:
-        if not self.use_siblings or problem_id is None:
+        shared = self.shared_own_text
+        if not (self.use_siblings or shared) or problem_id is None:
             return
-        # The newest ``max_depth`` tokens are held back: otherwise the request's own pattern
-        # would always match its own live text in the problem tree, which halves its draft
-        # probabilities and makes every suffix length match (3x slower speculate).
+        # Siblings only: the newest ``max_depth`` tokens are held back, otherwise the request's
+        # own pattern would always match its own live text in the problem tree, which halves its
+        # draft probabilities and makes every suffix length match (3x slower speculate). Shared
+        # own text wants exactly that match, so nothing is held back.
         n = arr.size
         start = num_prompt_tokens + st.live_indexed
-        end = max(n - self.max_depth, start)
+        end = n if shared else max(n - self.max_depth, start)
         if end > start:
-            self.history.extend_live(problem_id, request_id, self.live_step, arr[start:end])
+            self.history.extend_live(problem_id, request_id, self.live_step, arr[start:end], to_global=shared)
             st.live_indexed = end - num_prompt_tokens
         st.live_tail = arr[end:n].copy()
 
@@ -161,7 +178,8 @@ class Drafter:
             return
         if st.problem_id is not None:
             if keep_as_sibling and st.live_tail is not None and st.live_tail.size:
-                self.history.extend_live(st.problem_id, request_id, self.live_step, st.live_tail)
+                self.history.extend_live(st.problem_id, request_id, self.live_step, st.live_tail,
+                                         to_global=self.shared_own_text)
             self.history.finish_live(st.problem_id, request_id, keep=keep_as_sibling)
 
     def _drop_live(self, request_id: str, st: _RequestState) -> None:

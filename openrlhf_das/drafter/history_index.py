@@ -6,7 +6,9 @@ Invariants
   problem appeared* (W counts appearances, not wall-clock steps). When a step beyond the window
   arrives, the oldest step's sequences are removed from the trees (``SuffixTree.remove``).
 * The global tree holds the same history sequences as all problem trees (same seq ids), so it
-  is bounded by the same cap; live sibling sequences go to problem trees only.
+  is bounded by the same cap; live sibling sequences go to problem trees only, unless
+  ``extend_live(..., to_global=True)`` put them in the global tree as well (the request's own
+  text shared with every tree, as arctic's ``SuffixDecodingCache`` does).
 * ``tokens`` (history + live) never exceeds ``max_tokens`` after an insertion returns: least
   recently used problems are evicted first, then the oldest steps of the problem being filled.
 * Sequence ids are unique int32 values across all trees of one index.
@@ -83,6 +85,7 @@ class HistoryIndex:
         self._seq_len: dict[int, int] = {}  # seq id -> tokens (history and live)
         self._seq_owner: dict[int, str] = {}
         self._live_ids: set[int] = set()
+        self._live_global: set[int] = set()  # live seq ids also indexed in the global tree
         self._next_seq_id = 0
         self._tokens = 0
         self._evicted = 0
@@ -154,11 +157,12 @@ class HistoryIndex:
         self._enforce_cap(keep=problem_id)
         return seq_id
 
-    def extend_live(self, problem_id: str, key: str, step: int, tokens: np.ndarray) -> None:
+    def extend_live(self, problem_id: str, key: str, step: int, tokens: np.ndarray, to_global: bool = False) -> None:
         """Append ``tokens`` to the in-flight response ``key`` of ``problem_id`` (sibling drafting).
 
         Live responses count as responses of ``step`` for the window; they are indexed in the
-        problem tree only. Call with each newly generated chunk.
+        problem tree, and with ``to_global`` (fixed by the first call for ``key``) in the global
+        tree too. Call with each newly generated chunk.
         """
         arr = as_tokens(tokens)
         prob = self._problem(problem_id)
@@ -172,8 +176,12 @@ class HistoryIndex:
             bucket.digest = None
             prob.live[key] = seq_id
             self._live_ids.add(seq_id)
+            if to_global and self._global is not None:
+                self._live_global.add(seq_id)
         if arr.size:
             prob.tree.extend_ndarray(seq_id, arr)
+            if seq_id in self._live_global:
+                self._global.extend_ndarray(seq_id, arr)
             self._seq_len[seq_id] += arr.size
             self._tokens += arr.size
             self._enforce_cap(keep=problem_id)
@@ -185,6 +193,7 @@ class HistoryIndex:
             return
         seq_id = prob.live.pop(key)
         self._live_ids.discard(seq_id)
+        self._live_global.discard(seq_id)
         if not keep:
             self.remove(seq_id)
 
@@ -195,11 +204,12 @@ class HistoryIndex:
             return
         length = self._seq_len.pop(seq_id)
         self._tokens -= length
-        live = seq_id in self._live_ids
+        in_global = seq_id not in self._live_ids or seq_id in self._live_global
         self._live_ids.discard(seq_id)
+        self._live_global.discard(seq_id)
         prob = self._problems[owner]
         prob.tree.remove(seq_id)
-        if self._global is not None and not live:
+        if self._global is not None and in_global:
             self._global.remove(seq_id)
         for s in prob.steps:
             if seq_id in s.seq_ids:

@@ -6,10 +6,13 @@ Imports only the core (``openrlhf_das.config`` and ``openrlhf_das.drafter``).
 from .acceptance import AcceptanceTracker, Counts, bucket_labels
 from .gate import CostModelGate, CostTable, MaxRunningGate
 from .length_classes import assign_length_classes, promote
+from .promotion import problem_threshold, promoted_rank, run_thresholds, tail_floor
 from .quota import apply_quota
+from .tuning import BudgetTuner
 
 __all__ = [
     "AcceptanceTracker",
+    "BudgetTuner",
     "CostModelGate",
     "CostTable",
     "Counts",
@@ -17,5 +20,9 @@ __all__ = [
     "apply_quota",
     "assign_length_classes",
     "bucket_labels",
+    "problem_threshold",
     "promote",
+    "promoted_rank",
+    "run_thresholds",
+    "tail_floor",
 ]

@@ -77,11 +77,13 @@ class _Pending:
 
 @dataclass
 class AcceptanceTracker:
-    """Accumulates :class:`Counts` by class, by bucket and in total."""
+    """Accumulates :class:`Counts` by class, by bucket, by (class, bucket) cell and in total."""
 
     edges: Sequence[int] = (1000, 2000, 4000, 8000)
     by_class: dict[str, Counts] = field(default_factory=dict)
     by_bucket: list[Counts] = field(default_factory=list)
+    by_cell: dict[tuple[str, int], Counts] = field(default_factory=dict)
+    """Keyed by (length class value, bucket index); cells appear when first verified."""
     total: Counts = field(default_factory=Counts)
     _pending: dict[str, _Pending] = field(default_factory=dict)
 
@@ -89,6 +91,7 @@ class AcceptanceTracker:
         self.edges = tuple(self.edges)
         self.by_bucket = [Counts() for _ in range(len(self.edges) + 1)]
         self.by_class = {c.value: Counts() for c in LengthClass}
+        self.by_cell = {}
 
     def bucket_of(self, response_length: int) -> int:
         return bisect.bisect_right(self.edges, response_length)
@@ -107,6 +110,10 @@ class AcceptanceTracker:
         self.total.add(c)
         self.by_class[p.length_class.value].add(c)
         self.by_bucket[p.bucket].add(c)
+        cell = self.by_cell.get((p.length_class.value, p.bucket))
+        if cell is None:
+            cell = self.by_cell[(p.length_class.value, p.bucket)] = Counts()
+        cell.add(c)
 
     @property
     def has_pending(self) -> bool:

@@ -1,0 +1,224 @@
+"""Does the length-aware policy pay for itself? Replay one trace against issue 21's targets.
+
+For each ``k_max`` (the largest draft budget, vLLM's ``num_speculative_tokens``) the trace is
+replayed (``replay.py``: greedy verification, cost model ``base + per_token * query tokens``)
+under
+
+* ``none`` – no speculation;
+* ``flat/<t>x<f>`` – every request drafts ``t`` tokens with factor ``f`` at every step, from the
+  same sources as ``das`` (``replay.py``'s ``flat+all``), for ``t`` in {4, 8, 16} up to ``k_max``
+  and ``f`` in {1, 2}; ``best flat`` is the lowest makespan of these, per epoch;
+* ``das/static`` – the length policy of ``--config`` with long budget ``k_max``, tuning off;
+* ``das`` – the same with online tuning (``tuning.mode: aimd``): the full policy;
+* ``arctic/<scope>`` – arctic-inference's ``SuffixDecodingCache`` with the same history and flat
+  budget ``k_max`` x 1 (``arctic_baseline.py``), with ``flat/<k_max>x1``'s tokens per verify step
+  beside it (the union drafter with the same budget).
+
+The run's limit (``max_new_tokens``) is ``--max-new-tokens``, else the trace header's, else the
+longest response of the trace. The batch gate is off in every policy (the linear cost model has
+no compute-bound regime for it to avoid; the GPU runs decide the gate), unless ``--gate`` keeps
+the config's. Targets, per epoch >= 1 (epoch 0 has no history): ``das`` <= 0.90 x best flat and
+<= 0.70 x none; ``das`` vs ``das/static``. Writes ``<out>.json`` and ``<out>.png``; any trace file
+works (``.jsonl`` or ``.jsonl.zst``, ``synthetic_trace.py`` format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arctic_baseline import SCOPES, ArcticSpeculator  # noqa: E402
+from replay import CostModel, _cpu_model, read_trace, replay  # noqa: E402
+
+from openrlhf_das.config import DASConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DAS_BOUND_FLAT, DAS_BOUND_NONE, TUNING_GAIN, TUNING_LOSS = 0.90, 0.70, 0.05, 0.01
+
+
+def das_config(base: DASConfig, k_max: int, tuning: bool) -> DASConfig:
+    """``base`` with its long budget at ``k_max`` (other classes capped at it)."""
+    b = base.budgets
+    return base.with_overrides({
+        "budgets.long.tokens": k_max,
+        "budgets.medium.tokens": min(b.medium.tokens, k_max),
+        "budgets.short.tokens": min(b.short.tokens, k_max),
+        "tuning.mode": "aimd" if tuning else "off",
+    })
+
+
+def per_epoch(res) -> dict[str, Any]:
+    steps = res.steps
+    c = res.counts
+    decode, accepted = sum(c.decode_steps), sum(c.accepted)
+    return {
+        "makespan_s": [s["makespan_s"] for s in steps],
+        "engine_steps": [s["engine_steps"] for s in steps],
+        "tokens": [s["tokens"] for s in steps],
+        "drafted": [s["drafted"] for s in steps],
+        "accepted": [s["accepted"] for s in steps],
+        "tokens_per_verify_step": (decode + accepted) / decode if decode else 1.0,
+        "tokens_per_verify_step_by_epoch": [
+            s["tokens"] / (s["tokens"] - s["accepted"]) if s["tokens"] > s["accepted"] else 1.0 for s in steps
+        ],
+        "speculator": res.speculator,
+    }
+
+
+def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
+    """One policy of one ``k_max`` (a process-pool task): (name, per-epoch results)."""
+    name, steps, base, k_max, cost = task
+    t0 = time.perf_counter()
+    if name == "none":
+        out = per_epoch(replay(steps, ["none"], base, cost)["none"])
+    elif name.startswith("flat/"):
+        t, f = name.split("/")[1].split("x")
+        out = per_epoch(replay(steps, ["flat+all"], base, cost, flat_tokens=int(t), flat_factor=float(f))["flat+all"])
+    elif name.startswith("arctic/"):
+        spec = ArcticSpeculator(name.split("/")[1], k_max, 1.0, base)
+        out = per_epoch(replay(steps, [], base, cost, extra={name: spec})[name])
+    else:
+        cfg = das_config(base, k_max, tuning=name == "das")
+        out = per_epoch(replay(steps, ["das+all"], cfg, cost)["das+all"])
+        out["config"] = cfg.to_dict()
+    out["simulation_wall_s"] = time.perf_counter() - t0
+    return name, out
+
+
+def policy_names(k_max: int, arctic: bool) -> list[str]:
+    flats = [f"flat/{t}x{f}" for t in (4, 8, 16) if t <= k_max for f in (1, 2)]
+    return ["none", *flats, "das/static", "das", *([f"arctic/{s}" for s in SCOPES] if arctic else [])]
+
+
+def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, jobs: int = 1) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    tasks = [(n, steps, base, k_max, cost) for n in policy_names(k_max, arctic)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            done = dict(pool.map(run_one, tasks))
+    else:
+        done = dict(map(run_one, tasks))
+    policies = {t[0]: done[t[0]] for t in tasks}
+    return {"policies": policies, "wall_s": time.perf_counter() - t0, "targets": targets(policies, len(steps))}
+
+
+def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
+    """Issue 21's targets per epoch >= 1 (ratios of simulated makespans)."""
+    flats = [k for k in pol if k.startswith("flat/")]
+    out: dict[str, Any] = {"epochs": []}
+    for e in range(1, n_epochs):
+        best = min(flats, key=lambda k: pol[k]["makespan_s"][e])
+        das, static, none = (pol[k]["makespan_s"][e] for k in ("das", "das/static", "none"))
+        out["epochs"].append({
+            "epoch": e,
+            "best_flat": best,
+            "das_vs_best_flat": das / pol[best]["makespan_s"][e],
+            "das_vs_none": das / none,
+            "das_static_vs_best_flat": static / pol[best]["makespan_s"][e],
+            "das_vs_static": das / static,
+        })
+    ep = out["epochs"]
+    out["das_vs_best_flat_met"] = all(x["das_vs_best_flat"] <= DAS_BOUND_FLAT for x in ep)
+    out["das_vs_none_met"] = all(x["das_vs_none"] <= DAS_BOUND_NONE for x in ep)
+    out["tuning_never_worse_by_1pct"] = all(x["das_vs_static"] <= 1 + TUNING_LOSS for x in ep)
+    out["tuning_gain_5pct_somewhere"] = any(x["das_vs_static"] <= 1 - TUNING_GAIN for x in ep)
+    arctic = {k: history_tokens_per_verify_step(v) for k, v in pol.items() if k.startswith("arctic/")}
+    if arctic:  # the union drafter with arctic's budget: the flat policy of the largest tokens, factor 1
+        union = max((k for k in flats if k.endswith("x1")), key=lambda k: int(k.split("/")[1].split("x")[0]))
+        out["union_policy"] = union
+        out["union_tokens_per_verify_step"] = history_tokens_per_verify_step(pol[union])
+        out["arctic_tokens_per_verify_step"] = arctic
+        out["union_vs_arctic_met"] = all(out["union_tokens_per_verify_step"] >= v for v in arctic.values())
+    return out
+
+
+def history_tokens_per_verify_step(p: dict[str, Any]) -> float:
+    """Tokens per verify step (accepted + 1) pooled over epochs >= 1."""
+    tokens, accepted = sum(p["tokens"][1:]), sum(p["accepted"][1:])
+    return tokens / (tokens - accepted) if tokens > accepted else 1.0
+
+
+def plot(rep: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(rep["k_max"])
+    fig, axes = plt.subplots(1, len(ks), figsize=(7 * len(ks), 4.8), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        pol = rep["k_max"][k]["policies"]
+        names = [n for n in pol if not n.startswith("arctic/")]
+        epochs = range(1, len(pol["none"]["makespan_s"]))
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            vals = [pol[n]["makespan_s"][e] / pol["none"]["makespan_s"][e] for e in epochs]
+            bars = ax.bar(np.arange(len(vals)) + i * width, vals, width, label=n)
+            if n.startswith("das"):
+                for b, v in zip(bars, vals):
+                    ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+        ax.axhline(DAS_BOUND_NONE, color="k", ls=":", lw=0.8)
+        ax.set_xticks(np.arange(len(epochs)) + width * (len(names) - 1) / 2, [f"epoch {e}" for e in epochs])
+        ax.set_ylabel("simulated makespan / none")
+        ax.set_title(f"k_max = {k}")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{rep['trace']}: length policy vs flat budgets (replay cost model "
+                 f"{rep['cost_model']['base_s'] * 1e3:g} ms + {rep['cost_model']['per_token_s'] * 1e3:g} ms/token)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("trace")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "das" / "default.yaml"))
+    ap.add_argument("--k-max", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--gate", action="store_true", help="keep the config's batch gate (default: off)")
+    ap.add_argument("--no-arctic", action="store_true", help="skip the arctic SuffixDecodingCache baseline")
+    ap.add_argument("--base-ms", type=float, default=10.0)
+    ap.add_argument("--per-token-ms", type=float, default=0.005)
+    ap.add_argument("--jobs", type=int, default=2, help="policies replayed in parallel (processes)")
+    ap.add_argument("--out", help="output stem (default: benchmarks/results/replay-policy-<trace name>)")
+    args = ap.parse_args()
+
+    head, steps = read_trace(args.trace)
+    limit = args.max_new_tokens or head.get("max_new_tokens") or max(
+        s.response.size for v in steps.values() for s in v)
+    base = DASConfig.from_yaml(args.config).with_overrides({"max_new_tokens": int(limit)})
+    if not args.gate:
+        base = base.with_overrides({"gate.mode": "off"})
+    cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3)
+    name = Path(args.trace).name.split(".jsonl")[0]
+    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"replay-policy-{name}"
+    rep: dict[str, Any] = {
+        "trace": name,
+        "trace_header": head,
+        "synthetic": bool(head.get("synthetic", False)),
+        "max_new_tokens": int(limit),
+        "config": base.to_dict(),
+        "cost_model": {"base_s": cost.base_s, "per_token_s": cost.per_token_s},
+        "machine": {"cpu": _cpu_model()},
+        "command": " ".join(["python", *sys.argv]),
+        "k_max": {},
+    }
+    for k in args.k_max:
+        rep["k_max"][str(k)] = run_k(steps, base, k, cost, not args.no_arctic, args.jobs)
+        t = rep["k_max"][str(k)]["targets"]
+        print(f"k_max={k}: " + json.dumps({kk: v for kk, v in t.items()}, default=float), flush=True)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(rep, indent=1))
+    plot(rep, stem.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
