@@ -106,6 +106,7 @@ class DeviceDrafter:
         self.slots: dict[str, int] = {}
         self.history_tokens = 0
         self.history_responses = 0
+        self.history_problems = 0
         self.dropped_responses = 0
         self.live_tokens_appended = 0
         self.live_tokens_dropped = 0
@@ -154,12 +155,23 @@ class DeviceDrafter:
             _load_corpus(self.global_index, flat.astype(np.int32), lens)
         self.history_tokens = int(sum(lens))
         self.history_responses = len(keep)
+        self.history_problems = len(slots)
         self.loads += 1
         return {"responses": len(keep), "tokens": self.history_tokens, "problems": len(slots),
                 "dropped_responses": self.dropped_responses}
 
-    def slot_of(self, problem_id: str | None) -> int:
-        return self.slots.get(problem_id, NO_SLOT) if problem_id is not None else NO_SLOT
+    def slot_of(self, problem_id: str | None, assign: bool = False) -> int:
+        """The problem's key slot; ``assign``: give a problem without history a slot of its own
+        (while slots are left), so that its live sibling text can be indexed (epoch 0, new
+        problems). Slots are renumbered at every :meth:`load_history`."""
+        if problem_id is None:
+            return NO_SLOT
+        slot = self.slots.get(problem_id)
+        if slot is None:
+            if not assign or len(self.slots) >= self.max_slots:
+                return NO_SLOT
+            slot = self.slots[problem_id] = len(self.slots)
+        return slot
 
     def append_live(self, token_ids: torch.Tensor, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                     slots: np.ndarray) -> int:
@@ -290,7 +302,8 @@ class DeviceDrafter:
         return {
             "history_tokens": self.history_tokens,
             "history_responses": self.history_responses,
-            "history_problems": len(self.slots),
+            "history_problems": self.history_problems,
+            "slots": len(self.slots),
             "dropped_responses": self.dropped_responses,
             "live_tokens": live,
             "live_tokens_appended": self.live_tokens_appended,

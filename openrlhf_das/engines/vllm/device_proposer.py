@@ -262,7 +262,7 @@ class DASDeviceProposer(DASAsyncProposer):
         unknown = self.das_config.unknown_class
         self._row_base_class = np.fromiter(
             ((m[1] or classes.get(m[0] or "", unknown)).rank for m in meta), np.int64, n)
-        self._row_slot_host = np.fromiter((self.device_drafter.slot_of(m[0]) for m in meta), np.int64, n)
+        self._row_slot_host = np.fromiter((self.device_drafter.slot_of(m[0], assign=True) for m in meta), np.int64, n)
         self._write_row_meta(n)
 
     def _write_row_meta(self, n: int) -> None:
