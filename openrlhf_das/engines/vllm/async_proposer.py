@@ -120,9 +120,10 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         if cls is DASAsyncProposer:
             config = config_from_env()
             if config is not None and config.device_drafter.enabled:
-                from .device_proposer import DASDeviceProposer
+                from .device_proposer import DASDeviceProposer, device_drafter_usable
 
-                cls = DASDeviceProposer
+                if device_drafter_usable():  # else host drafting (this class), with one warning
+                    cls = DASDeviceProposer
         return super().__new__(cls)
 
     def __init__(self, vllm_config: Any, device: torch.device, runner: Any = None) -> None:

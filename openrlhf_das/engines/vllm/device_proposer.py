@@ -47,6 +47,36 @@ _CLASSES = (LengthClass.SHORT, LengthClass.MEDIUM, LengthClass.LONG)
 _STAT_COLS = 4  # drafted, accepted, verify_steps, decode_steps (policy.acceptance.Counts)
 
 
+FEATURE = "device_drafter"
+RUNNER_ATTRS = ("token_ids_gpu_tensor", "num_tokens_no_spec_gpu", "input_batch", "requests",
+                "_num_valid_draft_tokens_cpu")
+"""vLLM model-runner attributes the device proposer reads (vLLM 0.26 GPU / 0.29 CPU builds)."""
+BATCH_ATTRS = ("req_ids", "num_tokens_no_spec", "num_prompt_tokens")
+
+
+def device_drafter_usable() -> bool:
+    """Whether the device drafter can be built here: vLLM within the tested versions and
+    ``suffix-gpu`` importable at a tested version. Otherwise the feature is switched off (one
+    warning, ``das_get_stats()["disabled_features"]``) and the engine drafts on the host
+    (:class:`DASAsyncProposer`), as ``async_scheduling`` alone does."""
+    from ... import versions
+
+    if not versions.optional(FEATURE, "vllm"):
+        return False
+    try:
+        import suffix_gpu
+
+        from ...device.drafter import SUFFIX_GPU_TESTED
+    except ImportError as exc:
+        versions.disable(FEATURE, f"suffix-gpu is not importable ({exc}); pip install suffix-gpu==0.1.3")
+        return False
+    found = getattr(suffix_gpu, "__version__", "?")
+    if found not in SUFFIX_GPU_TESTED and not versions._allow_untested():
+        versions.disable(FEATURE, f"suffix-gpu {found} is untested (tested: {', '.join(SUFFIX_GPU_TESTED)})")
+        return False
+    return True
+
+
 class DASDeviceProposer(DASAsyncProposer):
     """See the module docstring. Built by :class:`DASAsyncProposer` when the DAS config has
     ``device_drafter.enabled``."""
@@ -102,6 +132,7 @@ class DASDeviceProposer(DASAsyncProposer):
         self._append_graphs = BucketGraphs("token append", self._append_step, bucket_sizes(m), dev,
                                            enabled=dc.cuda_graphs, pool=None)
         self._captured = False
+        self._off = False  # the runner lacks an attribute this proposer reads: no drafting
         self.device_drafted_steps = 0
         self.device_gated_steps = 0
         self.host_seconds = 0.0  # host time inside propose (the whole per-step drafter cost on the host)
@@ -155,7 +186,23 @@ class DASDeviceProposer(DASAsyncProposer):
 
     # ------------------------------------------------------------------ vLLM entry points
     def load_model(self, *args: Any, **kwargs: Any) -> None:
-        self._capture()
+        if getattr(self.runner, "token_ids_gpu_tensor", None) is not None and self._runner_ok():
+            self._capture()
+
+    def _runner_ok(self) -> bool:
+        """Check the runner attributes this proposer reads once; if one is missing (another vLLM
+        version), the device drafter switches off for the engine: steps go undrafted (plain
+        decoding) and ``disabled_features`` says why."""
+        from ... import versions
+
+        try:
+            versions.require_attrs(self.runner, RUNNER_ATTRS, FEATURE)
+            versions.require_attrs(self.runner.input_batch, BATCH_ATTRS, FEATURE)
+        except versions.UnsupportedVersionError as exc:
+            versions.disable(FEATURE, str(exc))
+            self._off = True
+            return False
+        return True
 
     def _capture(self) -> None:
         """Capture the step graphs once the runner's token buffers exist (load_model or the
@@ -189,8 +236,14 @@ class DASDeviceProposer(DASAsyncProposer):
         runner = self.runner
         if self._deferred is None:
             self._deferred = bool(getattr(runner, "use_async_scheduling", False))
+        if self._off:
+            runner._num_valid_draft_tokens_cpu[:n] = 0
+            return self._drafts_gpu[:n], None
         try:
             if not self._captured:
+                if not self._runner_ok():
+                    return self.propose(num_speculative_tokens, num_tokens_no_spec, token_ids_gpu,
+                                        valid_sampled_token_ids_gpu, valid_sampled_tokens_count)
                 self._capture()
             req_ids = runner.input_batch.req_ids
             if len(req_ids) < n or self._batch != req_ids[:n]:
