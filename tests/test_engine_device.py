@@ -197,3 +197,28 @@ def test_drafter_fault_falls_back_to_plain_decoding(engine, problems, plain, mon
     st = das_stats(engine, reset=True)
     assert calls["n"] >= 3 and st["engine_faults"] >= 1
     assert token_differences(plain["plain"][:48], outs) == []
+
+
+def test_circuit_breaker_stops_drafting_after_consecutive_faults(engine, problems, plain, monkeypatch) -> None:
+    """Every device step faults: after ``max_consecutive_faults`` (8) in a row the engine stops
+    drafting for good (no further drafter calls), says so in its stats, and the outputs are
+    those of plain decoding."""
+    pids, prompts = problems
+    drafter = inproc_drafter(engine)
+    calls = {"n": 0}
+
+    def broken(*a, **kw):
+        calls["n"] += 1
+        raise RuntimeError("injected persistent device drafter fault")
+
+    monkeypatch.setattr(drafter.device_drafter, "propose", broken)
+    das_stats(engine, reset=True)
+    try:
+        outs = _generate(engine, prompts[:48], _params(), pids[:48])
+        st = das_stats(engine, reset=True)
+    finally:
+        drafter.breaker_tripped = False  # the module's engine serves later tests
+        drafter.consecutive_faults = 0
+    assert calls["n"] == CONFIG.max_consecutive_faults == 8
+    assert st["breaker_tripped"] is True and st["engine_faults"] >= 8
+    assert token_differences(plain["plain"][:48], outs) == []

@@ -185,6 +185,9 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         n = int(num_tokens_no_spec.shape[0])
         if self._deferred is None:
             self._deferred = bool(getattr(self.runner, "use_async_scheduling", False))
+        if self.breaker_tripped:
+            self.runner._num_valid_draft_tokens_cpu[:n] = 0
+            return self._drafts_gpu[:n], None
         try:
             new_len = self._append_history(num_tokens_no_spec, token_ids_gpu, valid_sampled_token_ids_gpu,
                                            valid_sampled_tokens_count)
@@ -212,8 +215,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
                 self.complete_pending()
             return self._drafts_gpu[:n], self._valid_gpu[:n]
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
-            self.engine_faults += 1
-            logger.exception("DAS async proposer fault in propose; no drafts this step")
+            self._on_fault("async proposer (propose)")
             self._pending = None
             self._ctx.clear()
             self._sibling_batch = []
@@ -273,9 +275,9 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
                 if self._deferred:
                     self._refresh_cpu_drafts(n)
                 self.async_drafted_steps += 1
+            self._on_ok()
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
-            self.engine_faults += 1
-            logger.exception("DAS async proposer fault; no drafts this step")
+            self._on_fault("async proposer (drafting)")
             counts_out[:n] = 0
             self._ctx.clear()
             self._sibling_batch = []

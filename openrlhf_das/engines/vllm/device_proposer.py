@@ -236,7 +236,7 @@ class DASDeviceProposer(DASAsyncProposer):
         runner = self.runner
         if self._deferred is None:
             self._deferred = bool(getattr(runner, "use_async_scheduling", False))
-        if self._off:
+        if self._off or self.breaker_tripped:
             runner._num_valid_draft_tokens_cpu[:n] = 0
             return self._drafts_gpu[:n], None
         try:
@@ -263,6 +263,7 @@ class DASDeviceProposer(DASAsyncProposer):
                 spec.steps += 1
                 spec.gated_steps += 1
                 self.device_gated_steps += 1
+                self._on_ok()
                 return self._drafts_gpu[:n], None
             b = self._graphs.bucket(n) if self._graphs.enabled else n
             if b is not None and b > n:
@@ -270,6 +271,7 @@ class DASDeviceProposer(DASAsyncProposer):
             self._graphs.run(n)
             spec.steps += 1
             self.device_drafted_steps += 1
+            self._on_ok()
             self._steps_since_live += 1
             if self._steps_since_live >= self.das_config.device_drafter.live_interval:
                 self._append_live(n)
@@ -280,8 +282,7 @@ class DASDeviceProposer(DASAsyncProposer):
                 return self._drafts_gpu[:n], None
             return self._drafts_gpu[:n], self._valid_gpu[:n]
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
-            self.engine_faults += 1
-            logger.exception("DAS device proposer fault; no drafts this step")
+            self._on_fault("device proposer")
             self._batch = []
             runner._num_valid_draft_tokens_cpu[:n] = 0
             return self._drafts_gpu[:n], None

@@ -71,6 +71,8 @@ class DASDrafting:
         self.plain_steps = 0  # padded-engine steps left draft-free (replayed a 1-token graph)
         self.graph_max_requests = 0  # requests a padded decode step may have and replay a graph
         self.engine_faults = 0
+        self.consecutive_faults = 0
+        self.breaker_tripped = False  # circuit breaker: drafting off for good (max_consecutive_faults)
         self.propose_seconds = 0.0  # wall time spent in the DAS proposer (engine thread)
         self.resumed = 0  # requests that re-entered the batch after leaving it (preemption)
         self.bad_metadata = 0  # requests whose extra_args["das"] could not be used
@@ -86,6 +88,22 @@ class DASDrafting:
         self.speculator = DASSpeculator(config)
         if config.draft_free_graphs and full_decode_graphs(vllm_config):
             draft_free_graphs.install()  # the runner captures and dispatches them after this
+
+    # ------------------------------------------------------------------ faults
+    def _on_fault(self, where: str) -> None:
+        """Count a drafter fault (the step already fell back to no drafts) and log it; after
+        ``max_consecutive_faults`` in a row, trip the circuit breaker: no more drafting."""
+        self.engine_faults += 1
+        self.consecutive_faults += 1
+        logger.exception("DAS %s fault; no drafts this step", where)
+        limit = self.das_config.max_consecutive_faults if self.das_config is not None else 8
+        if self.consecutive_faults >= limit and not self.breaker_tripped:
+            self.breaker_tripped = True
+            logger.error("DAS: %d drafter faults in a row; drafting is off for this engine from now on "
+                         "(outputs continue as plain decoding; das_get_stats()['breaker_tripped'])", limit)
+
+    def _on_ok(self) -> None:
+        self.consecutive_faults = 0
 
     # ------------------------------------------------------------------ batch bookkeeping
     def _enter_batch(self, req_ids: list[str]) -> None:
@@ -237,6 +255,8 @@ class DASDrafting:
         out = {
             "enabled": True,
             "engine_faults": self.engine_faults,
+            "consecutive_faults": self.consecutive_faults,
+            "breaker_tripped": self.breaker_tripped,
             "propose_seconds": self.propose_seconds,
             "resumed_requests": self.resumed,
             "bad_metadata": self.bad_metadata,

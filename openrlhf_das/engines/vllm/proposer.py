@@ -61,11 +61,14 @@ class DASProposer(DASDrafting, SuffixDecodingProposer):
         t0 = time.perf_counter()
         a = _PARSE(*args, **kwargs)
         n = len(a.sampled_token_ids)
+        if self.breaker_tripped:
+            return [[] for _ in range(n)]
         try:
-            return self._propose(a.num_speculative_tokens, a.input_batch, a.sampled_token_ids)
+            out = self._propose(a.num_speculative_tokens, a.input_batch, a.sampled_token_ids)
+            self._on_ok()
+            return out
         except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
-            self.engine_faults += 1
-            logger.exception("DAS proposer fault; no drafts this step")
+            self._on_fault("proposer")
             self._forget_pending(list(a.input_batch.req_ids))
             return [[] for _ in range(n)]
         finally:
