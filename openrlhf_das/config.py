@@ -63,6 +63,64 @@ class BudgetsConfig(_Strict):
         return max(self.short.tokens, self.medium.tokens, self.long.tokens)
 
 
+class PromotionConfig(_Strict):
+    """Online promotion of a running request, relative to the run (``policy/promotion.py``).
+
+    With the run's limit ``max_new_tokens`` known, a request that has generated more than
+    ``medium_fraction`` of it is at least medium and more than ``long_fraction`` of it long; a
+    request that has generated more than the ``history_quantile`` of its problem's past response
+    lengths is long; in a step with at most ``tail_running`` requests running, no request keeps a
+    budget of 0 (they are the longest still running: the tail that sets the makespan).
+    """
+
+    medium_fraction: float = Field(default=0.15, gt=0.0, le=1.0)
+    long_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    history_quantile: float | None = Field(default=0.75, ge=0.0, le=1.0)
+    """None: no promotion from the problem's history."""
+    tail_running: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PromotionConfig":
+        if self.long_fraction < self.medium_fraction:
+            raise ValueError("promotion.long_fraction must be >= promotion.medium_fraction")
+        return self
+
+
+class TuningConfig(_Strict):
+    """Online tuning of the budget of each (length class, length bucket) cell from the
+    acceptance measured in the current run (``policy/tuning.py``, AIMD).
+
+    Each engine step, a cell whose drafts since its last change hold at least ``min_drafted``
+    tokens is judged by their acceptance rate: at or above ``increase_at`` its tokens grow by 1
+    and its factor by ``factor_step`` (additive increase); below ``decrease_at`` both are halved
+    (multiplicative decrease). Tokens stay within [``min_tokens``, the largest class budget]
+    (vLLM's k), factors within [``min_factor``, ``max_factor``]; cells of a class whose budget
+    is 0 are left alone.
+    """
+
+    mode: Literal["aimd", "off"] = "off"
+    increase_at: float = Field(default=0.3, ge=0.0, le=1.0)
+    decrease_at: float = Field(default=0.1, ge=0.0, le=1.0)
+    min_drafted: int = Field(default=64, ge=1)
+    min_tokens: int = Field(default=1, ge=1, le=64)
+    min_factor: float = Field(default=0.5, gt=0.0, le=16.0)
+    max_factor: float = Field(default=4.0, gt=0.0, le=16.0)
+    factor_step: float = Field(default=0.5, ge=0.0, le=16.0)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "TuningConfig":
+        if self.decrease_at > self.increase_at:
+            raise ValueError("tuning.decrease_at must be <= tuning.increase_at")
+        if self.min_factor > self.max_factor:
+            raise ValueError("tuning.min_factor must be <= tuning.max_factor")
+        return self
+
+
 class GateConfig(_Strict):
     """When drafting is switched off for a whole engine step.
 
@@ -143,6 +201,12 @@ class DASConfig(_Strict):
     recurring and with half the problems new each step."""
     use_siblings: bool = True
     """Append in-flight responses of the same problem (GRPO siblings) to its tree live."""
+    shared_own_text: bool = True
+    """Insert a running request's output into its problem tree and the global tree as it is
+    generated, with no hold-back (arctic's ``SuffixDecodingCache``), so one match counts history,
+    siblings and the request's own text together; implies sibling text. The per-request tree is
+    then kept only for requests without a problem tree. Measured (``benchmarks/policy_replay.py``,
+    ``benchmarks/results/replay-policy-*.json``): tokens per verify step >= arctic's cache."""
     min_token_prob: float = Field(default=0.1, gt=0.0, le=1.0)
     max_spec_offset: float = Field(default=0.0, ge=-64.0, le=64.0)
     pattern_tokens: int | None = Field(default=16, ge=1, le=1024)
@@ -164,6 +228,12 @@ class DASConfig(_Strict):
     """A request whose generated length exceeds this is at least medium."""
     promote_long_tokens: int = Field(default=5000, ge=0)
     """A request whose generated length exceeds this is long."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """The run's response limit (generated tokens). Set, it replaces the absolute
+    ``promote_*_tokens`` thresholds by fractions of it (``promotion``); a request's own
+    ``StepRequest.max_new_tokens`` wins over it. None: the absolute thresholds apply."""
+    promotion: PromotionConfig = PromotionConfig()
+    tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()
     step_quota_tokens: int | None = Field(default=None, ge=1)
     """Optional cap on draft tokens per engine step; long requests are served first."""
@@ -204,6 +274,11 @@ class DASConfig(_Strict):
     draft slots only for steps the gate lets draft (``engines/vllm/scheduler_gate.py``). Under
     async scheduling vLLM otherwise reserves k slots per request at every step, and a gated step
     pays for them on the host. False: slots at every step (vLLM's ``ngram_gpu`` behaviour)."""
+
+    max_consecutive_faults: int = Field(default=8, ge=1)
+    """Engine circuit breaker: after this many drafter faults in a row (steps that fell back to
+    no drafts), the engine stops drafting for good and says so in the log and in
+    ``das_get_stats()["breaker_tripped"]``; outputs continue as plain decoding."""
 
     device_drafter: DeviceDrafterConfig = DeviceDrafterConfig()
     """Engine, with :attr:`async_scheduling`: draft on the accelerator (``das_gpu``)."""
