@@ -70,6 +70,18 @@ def test_gsm_symbolic_is_generated_deterministically() -> None:
     assert len(load_math("gsm_symbolic")) == GSM_SYMBOLIC_DEFAULT_SIZE
 
 
+def test_arithmetic_is_generated_deterministically() -> None:
+    """``make demo``'s set: distinct one-digit sums with integer answers, stable per seed."""
+    ds = load_math("arithmetic", limit=16)
+    assert len(ds) == 16 and set(ds.column_names) == MATH_COLUMNS and set(ds["source"]) == {"arithmetic"}
+    for row in ds:
+        a, b = row["question"].removeprefix("What is ").rstrip("?").split(" + ")
+        assert int(a) + int(b) == int(row["answer"]) and 0 <= int(a) <= 9 and 0 <= int(b) <= 9
+        assert row["problem_id"] == stable_id("arithmetic", row["question"])
+    assert load_math("arithmetic", limit=16)["problem_id"] == ds["problem_id"]
+    assert load_math("arithmetic", limit=16, seed=1)["problem_id"] != ds["problem_id"]
+
+
 def test_humaneval() -> None:
     ds = load_code()
     assert len(ds) == 164 and set(ds.column_names) == CODE_COLUMNS
@@ -82,10 +94,10 @@ def test_humaneval() -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert set(DATASETS) == {"mmath", "math500", "aime", "gsm_symbolic", "humaneval"}
+    assert set(DATASETS) == {"mmath", "math500", "aime", "gsm_symbolic", "arithmetic", "humaneval"}
     assert len(load_dataset_by_name("aime", limit=4)) == 4
     assert load_dataset_by_name("humaneval", limit=2)["problem_id"] == ["HumanEval/0", "HumanEval/1"]
-    with pytest.raises(ValueError, match=r"unknown dataset 'gsm8k'; valid names: aime, gsm_symbolic, humaneval"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'gsm8k'; valid names: aime, arithmetic, gsm_symbolic, humaneval"):
         load_dataset_by_name("gsm8k")
     with pytest.raises(ValueError, match="unknown math source 'humaneval'"):
         load_math("humaneval")  # type: ignore[arg-type]

@@ -105,6 +105,17 @@ def test_math_reward_forms(response: str, answer: str, reward: float) -> None:
     assert math_reward(response, answer) == reward
 
 
+def test_lenient_reward_takes_the_last_number_only_without_a_box() -> None:
+    """``make demo``'s arithmetic reward: a tiny model's '... so 4 + 1 = 5.' scores; a boxed
+    answer still decides when there is one."""
+    row = load_math("arithmetic", limit=1)[0]
+    answer = row["answer"]
+    assert math_reward(f"Adding them gives {answer}.", answer, lenient=True) == 1.0
+    assert math_reward(f"Adding them gives {answer}.", answer) == 0.0  # boxed-only
+    assert math_reward(f"\\boxed{{{int(answer) + 1}}} or maybe {answer}", answer, lenient=True) == 0.0
+    assert math_reward("no number here", answer, lenient=True) == 0.0
+
+
 def test_math_reward_off_the_main_thread() -> None:
     """math-verify's SIGALRM timeout is main-thread only; other threads must still get scores."""
     scores: list[float] = []

