@@ -1,7 +1,7 @@
 """The tested versions of vLLM and OpenRLHF, and the guards every patch of their internals goes through.
 
 openrlhf-das patches private internals of vLLM and OpenRLHF (the list, with each site's guard, is
-in ``docs/vllm-internals.md`` and in :data:`PATCH_SITES`). They were written and tested against
+:data:`PATCH_SITES`, printed by ``python -m openrlhf_das.versions``). They were written and tested against
 exactly the versions in :data:`TESTED`; ``setup.py`` pins the same versions from this table.
 
 Stdlib only (``setup.py`` loads this file by path, and the core layers may import it).
@@ -236,7 +236,8 @@ def _reset_for_tests() -> None:
 PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
     # (site, what it patches, kind, guard)
     ("engines/vllm/plugin.py", "suffix_decoding.SuffixDecodingProposer -> DASProposer (+ runner module)",
-     "core", "require('vllm') when a DAS config is set, else no DAS patch and a warning; require_attrs on the module"),
+     "core", "untested vLLM or missing name: no DAS patch; stock subclasses that raise at engine start when a "
+     "DAS config is set (stock engines unaffected)"),
     ("engines/vllm/plugin.py", "ngram_proposer_gpu.NgramProposerGPU -> DASAsyncProposer",
      "optional 'async_proposer'", "optional_patch"),
     ("engines/vllm/compat.py", "SuffixDecodingProposer.propose signature", "core",
@@ -249,7 +250,7 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
     ("engines/vllm/cpu_sampler_fix.py", "vllm.utils.cpu_triton_utils.expand_kernel", "optional 'cpu_sampler_fix'",
      "optional_patch"),
     ("engines/vllm/async_proposer.py", "GPUModelRunner._update_states, _num_valid_draft_tokens_cpu",
-     "core for async_scheduling", "core_patch / require_attrs (one-line call, see the closing note)"),
+     "core for async_scheduling", "versions.core_patch(install) + require_attrs in the constructor (engine start)"),
     ("engines/vllm/partial.py", "LLMEngine.set_weight_version", "optional", "getattr + counted, logged failures"),
     ("integrations/openrlhf/patches.py", "prompts_dataset.preprocess_data", "optional 'openrlhf.problem_ids'",
      "optional_patch"),
@@ -279,8 +280,12 @@ def actor_class(remote_cls: Any, what: str) -> type:
             f"{what}: {_site_error(what, exc, ('openrlhf',))}") from exc
 
 
-if __name__ == "__main__":  # python -m openrlhf_das.versions: what is installed vs tested
+if __name__ == "__main__":  # python -m openrlhf_das.versions: installed vs tested, and the patch sites
     for c in COMPONENTS:
         print(f"{c}: installed {installed(c).label}; tested {tested_range(c)}; "
               f"{'ok' if untested(c) is None else 'UNTESTED'}")
+    if sys.argv[1:] == ["--sites"]:
+        print("\n| site | patches | kind | guard |\n|---|---|---|---|")
+        for row in PATCH_SITES:
+            print("| " + " | ".join(f"`{row[0]}`" if i == 0 else row[i] for i in range(4)) + " |")
     sys.exit(0)
