@@ -204,9 +204,9 @@ class DASConfig(_Strict):
     shared_own_text: bool = True
     """Insert a running request's output into its problem tree and the global tree as it is
     generated, with no hold-back (arctic's ``SuffixDecodingCache``), so one match counts history,
-    siblings and the request's own text together; implies sibling text. The per-request tree is
-    then kept only for requests without a problem tree. Measured (``benchmarks/policy_replay.py``,
-    ``benchmarks/results/replay-policy-*.json``): tokens per verify step >= arctic's cache."""
+    siblings and the request's own text together; implies sibling text. Measured against arctic's
+    cache with the same history: ``benchmarks/policy_replay.py``,
+    ``benchmarks/results/replay-policy-*.json`` (tokens per verify step, epochs >= 1)."""
     min_token_prob: float = Field(default=0.1, gt=0.0, le=1.0)
     max_spec_offset: float = Field(default=0.0, ge=-64.0, le=64.0)
     pattern_tokens: int | None = Field(default=16, ge=1, le=1024)

@@ -14,9 +14,9 @@ With ``shared_own_text`` a running request's output goes into its problem tree *
 tree as it is generated, with no hold-back (arctic's ``SuffixDecodingCache`` scheme): one match
 then counts the problem's history, its siblings and the request's own text together, instead of
 the best of separate matches. Without it, sibling text (``use_siblings``) enters only the problem
-tree, ``max_depth`` tokens behind. With it, the per-request tree is kept only for requests without
-a problem tree (no problem id, or ``use_problem_tree`` off): on the real H100 trace it never won a
-draft once the own text was shared (tokens per verify step equal with and without it).
+tree, ``max_depth`` tokens behind. The per-request tree stays useful beside shared own text (it
+matches the prompt, and the own text undiluted by history): on the real H100 trace, epoch 1 with
+budget 8 x 1, tokens per verify step were 2.257 with it and 2.237 without.
 
 The draft with the highest score wins (ties: request < problem < global order of preference).
 A draft is capped by ``min(budget, floor(match_len * factor + offset))`` and stops when the
@@ -131,7 +131,7 @@ class Drafter:
             st = None
             self.rebuilds += 1
         if st is None:
-            tree = new_tree(self.max_depth) if self._own_tree(problem_id) else None
+            tree = new_tree(self.max_depth) if self.use_request_tree else None
             st = _RequestState(tree, 0, -1, problem_id, 0)
             self._requests[request_id] = st
         if n > st.indexed:
@@ -141,11 +141,6 @@ class Drafter:
             st.last_token = int(arr[n - 1])
         if live:
             self._extend_live(request_id, st, arr, num_prompt_tokens, problem_id)
-
-    def _own_tree(self, problem_id: str | None) -> bool:
-        """Whether a request of ``problem_id`` gets a per-request tree."""
-        shared = self.shared_own_text and problem_id is not None and self.use_problem_tree
-        return self.use_request_tree and not shared
 
     def update_live(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None) -> None:
         """Append the request's live sibling text as :meth:`update` would have, up to what it

@@ -1,0 +1,68 @@
+"""benchmarks/policy_replay.py: the policies it compares, the targets it computes and the report
+it writes, on a tiny synthetic trace (the committed real-trace report is its output)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from policy_replay import das_config, markdown, policy_names, run_k  # noqa: E402
+from replay import CostModel, read_trace  # noqa: E402
+from synthetic_trace import TraceParams, write_trace  # noqa: E402
+
+from openrlhf_das.config import DASConfig  # noqa: E402
+
+TINY = TraceParams(problems=4, samples=4, steps=3, median_len=80, max_len=240, prompt_len=(8, 16))
+
+
+@pytest.fixture(scope="module")
+def tiny_k4(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = tmp_path_factory.mktemp("trace") / "tiny.jsonl"
+    write_trace(path, TINY, seed=3)
+    _, steps = read_trace(path)
+    base = DASConfig.from_yaml(ROOT / "configs" / "das" / "math.yaml").with_overrides(
+        {"max_new_tokens": 240, "gate.mode": "off"})
+    return run_k(steps, base, 4, CostModel(), arctic=True)
+
+
+def test_policies_and_configs(tiny_k4: dict) -> None:
+    pol = tiny_k4["policies"]
+    assert list(pol) == [*policy_names(4, arctic=True), "das"]
+    assert [n for n in pol if n.startswith("flat/")] == ["flat/4x1", "flat/4x2"]  # flat budgets up to k_max
+    assert pol["das/aimd"]["config"]["budgets"]["long"]["tokens"] == 4
+    assert pol["das/aimd"]["config"]["tuning"]["mode"] == "aimd"
+    assert pol["das/static"]["config"]["tuning"]["mode"] == "off"
+    assert pol["das"]["same_as"] == "das/static"  # math.yaml ships tuning off
+    assert pol["das"]["makespan_s"] == pol["das/static"]["makespan_s"]
+    assert pol["none"]["accepted"] == [0, 0, 0]
+    for name, p in pol.items():
+        assert len(p["makespan_s"]) == 3 and p["tokens"] == pol["none"]["tokens"], name
+        assert all(a <= d for a, d in zip(p["accepted"], p["drafted"])), name
+
+
+def test_targets_are_ratios_of_the_recorded_makespans(tiny_k4: dict) -> None:
+    pol, t = tiny_k4["policies"], tiny_k4["targets"]
+    assert [x["epoch"] for x in t["epochs"]] == [1, 2]  # epoch 0 has no history
+    for x in t["epochs"]:
+        e, best = x["epoch"], x["best_flat"]
+        assert pol[best]["makespan_s"][e] == min(pol[n]["makespan_s"][e] for n in pol if n.startswith("flat/"))
+        assert x["das_vs_best_flat"] == pytest.approx(pol["das"]["makespan_s"][e] / pol[best]["makespan_s"][e])
+        assert x["das_vs_none"] == pytest.approx(pol["das"]["makespan_s"][e] / pol["none"]["makespan_s"][e])
+    assert t["das_vs_none_met"] == all(x["das_vs_none"] <= 0.70 for x in t["epochs"])
+    assert set(t["arctic_tokens_per_verify_step"]) == {"arctic/global", "arctic/problem", "arctic/both"}
+    assert all(v > 1.0 for v in t["arctic_tokens_per_verify_step"].values())
+    table = markdown({"k_max": {"4": json.loads(json.dumps(tiny_k4))}})
+    assert table.count("\n| 4 |") == 2 and "arctic SuffixDecodingCache" in table
+
+
+def test_das_config_scales_the_long_budget_only() -> None:
+    base = DASConfig().with_overrides({"budgets.medium.tokens": 4, "budgets.long.tokens": 8})
+    c = das_config(base, 16, tuning=False)
+    assert (c.budgets.short.tokens, c.budgets.medium.tokens, c.budgets.long.tokens) == (0, 4, 16)
+    assert das_config(base, 2, tuning=True).budgets.medium.tokens == 2 and c.max_budget == 16
