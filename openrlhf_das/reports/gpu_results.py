@@ -24,6 +24,13 @@ def _seconds(summary: dict[str, Any], mode: str, key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and v > 0 else None
 
 
+def _dataset(args: dict[str, Any]) -> str:
+    """The problem set: the prompts file's (``humaneval-<model>.json``) when one was given, which
+    overrides ``--dataset``, else ``--dataset``."""
+    prompts = args.get("prompts_file")
+    return Path(str(prompts)).name.split("-")[0] if prompts else str(args.get("dataset", "?"))
+
+
 def gpu_rows(results_dir: str | Path) -> list[dict[str, Any]]:
     """One row per (file, DAS mode): ``file``, ``gpu``, ``model``, ``workload``, ``mode``, and
     ``<baseline>`` / ``<baseline>_later`` = DAS seconds / baseline seconds over all epochs /
@@ -46,7 +53,7 @@ def gpu_rows(results_dir: str | Path) -> list[dict[str, Any]]:
                 "file": path.name,
                 "gpu": str(machine.get("gpu", "?")).replace("NVIDIA ", "").split(" ")[0],
                 "model": Path(str(args.get("model", "?"))).name,
-                "workload": f"{args.get('dataset', '?')} {args.get('problems', '?')}x{args.get('samples', '?')} "
+                "workload": f"{_dataset(args)} {args.get('problems', '?')}x{args.get('samples', '?')} "
                             f"{args.get('epochs', '?')}ep <={args.get('max_tokens', '?')}",
                 "mode": mode,
             }
