@@ -13,6 +13,7 @@ untested vLLM are in ``test_engine_version_gate.py``.
 from __future__ import annotations
 
 import logging
+import sys
 import types
 from types import SimpleNamespace
 
@@ -316,9 +317,17 @@ def test_partial_rollout_weight_version_failure_is_counted_and_logged(caplog) ->
 
 
 # ---------------------------------------------------------------------- OpenRLHF patch sites
+_STUB_MODULE = types.ModuleType("samples_generator_stub")
+_STUB_MODULE._collect_prompt_batch = lambda *a, **k: None
+sys.modules[_STUB_MODULE.__name__] = _STUB_MODULE
+
+
 def _samples_generator_stub(*missing: str) -> type:
+    """A stand-in for OpenRLHF's ``SamplesGenerator`` (in a stub module that has
+    ``_collect_prompt_batch``) without the methods named in ``missing``."""
     names = ["generate_samples", "_process_response_into_experience", "_dispatch_prompts_to_vllm", "_generate_vllm"]
     body = {n: (lambda self, *a, **k: "stock") for n in names if n not in missing}
+    body["__module__"] = _STUB_MODULE.__name__
     return type("SamplesGenerator", (), body)
 
 
@@ -340,6 +349,19 @@ def test_samples_generator_without_generate_vllm_switches_partial_rollouts_off()
     assert "_generate_vllm" in versions.disabled_features()[samples.PARTIAL_FEATURE]
     assert "_generate_vllm" in samples.partial_rollout_supported(cls)
     assert samples.partial_rollout_supported(_samples_generator_stub()) is None
+    plain = type("SamplesGenerator", (_samples_generator_stub(),), {"__module__": __name__})  # no _collect_prompt_batch
+    assert "_collect_prompt_batch" in samples.partial_rollout_supported(plain)
+
+
+def test_partial_rollouts_are_supported_on_the_installed_openrlhf() -> None:
+    """The real ``SamplesGenerator`` of OpenRLHF 0.11.2 has everything the partial-rollout path calls."""
+    from openrlhf_das.integrations.openrlhf import samples
+    from openrlhf_das.integrations.openrlhf.flash_attn_shim import ensure_flash_attn
+
+    ensure_flash_attn()
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
+    assert samples.partial_rollout_supported(SamplesGenerator) is None
 
 
 def test_openrlhf_patch_targets(monkeypatch) -> None:

@@ -231,10 +231,18 @@ def patch(cls: type) -> None:
 
 def partial_rollout_supported(cls: type) -> str | None:
     """None if ``--das.partial_rollout`` can run on ``SamplesGenerator`` class ``cls`` and the
-    installed OpenRLHF, else why not."""
+    installed OpenRLHF, else why not: :func:`.partial.generate_vllm` replaces ``_generate_vllm``
+    and calls ``_dispatch_prompts_to_vllm``, ``_process_response_into_experience`` and the
+    module's ``_collect_prompt_batch``."""
+    import sys
+
     why = versions.untested("openrlhf")
-    if why is None and not callable(getattr(cls, "_generate_vllm", None)):
-        why = f"OpenRLHF's SamplesGenerator has no _generate_vllm (installed {versions.installed('openrlhf').label})"
+    module = sys.modules.get(cls.__module__)
+    missing = [f"SamplesGenerator.{n}" for n in ("_generate_vllm", *CORE_METHODS[1:]) if not callable(getattr(cls, n, None))]
+    if not callable(getattr(module, "_collect_prompt_batch", None)):
+        missing.append(f"{cls.__module__}._collect_prompt_batch")
+    if why is None and missing:
+        why = f"OpenRLHF has no {', '.join(missing)} (installed {versions.installed('openrlhf').label})"
     return why
 
 
