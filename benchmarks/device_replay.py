@@ -30,7 +30,19 @@ verify step (emitted tokens / request-steps) per generated-length bucket (the re
 before the step) and overall, per k, and the device / host ratios.
 
 Output: ``--out`` JSON (default ``benchmarks/results/cpu-device-replay.json``) and a PNG beside
-it. CPU only; a run of the default 64 requests at k = 4 and 8 takes a few minutes on 2 cores.
+it; each bucket also carries ``se``, the standard error of its mean (request-steps taken as
+independent: a scale for trajectory noise, not a bound). CPU only, one torch thread (``--threads``;
+more threads on a shared 2-core machine made ``propose`` ~100x slower): the default 64 requests
+at k = 4 and 8 take 3-4 minutes.
+
+Measured (H100 Qwen2.5-0.5B MATH-500 trace, 64 longest step-1 requests, defaults: pattern 16,
+64 occurrences, 4 backoff caps, live buffer 1 << 14, factor 2): device / host tokens per verify
+step 1.001 (k = 4) and 0.998 (k = 8) overall; per bucket 0.989-1.009 (k = 4) and 0.978-1.002
+(k = 8), the lowest in the >= 1536 bucket (582 verify steps, 5.35 vs 5.47 tokens, less than one
+standard error apart). Diagnostics on the 8 longest requests at k = 8: own text alone, device >=
+host in every bucket; without the global source the >= 1536 bucket is equal (5.336 vs 5.333);
+matching at every length 1..16 instead of the caps 16/8/4/2, or a live buffer of 1 << 16, does
+not raise the device's >= 1536 bucket.
 """
 
 from __future__ import annotations
@@ -104,29 +116,36 @@ class Tally:
     emitted: np.ndarray
     drafted: np.ndarray
     accepted: np.ndarray
+    emitted_sq: np.ndarray
     engine_steps: int = 0
     wall_s: float = 0.0
 
     @classmethod
     def zeros(cls, n: int) -> "Tally":
         z = lambda: np.zeros(n, np.int64)  # noqa: E731
-        return cls(z(), z(), z(), z())
+        return cls(z(), z(), z(), z(), z())
 
     def add(self, bucket: int, drafted: int, accepted: int, emitted: int) -> None:
         self.steps[bucket] += 1
         self.emitted[bucket] += emitted
+        self.emitted_sq[bucket] += emitted * emitted
         self.drafted[bucket] += drafted
         self.accepted[bucket] += accepted
 
     def summary(self, labels: Sequence[str]) -> dict[str, Any]:
-        def row(s, e, d, a):
+        def row(s, e, d, a, q):
+            # se: standard error of the mean tokens per verify step (request-steps taken as
+            # independent; a rough scale for the noise of a bucket, not a confidence bound)
+            var = (q / s - (e / s) ** 2) if s else 0.0
             return {"verify_steps": int(s), "tokens_per_verify_step": float(e / s) if s else None,
+                    "se": float(np.sqrt(max(var, 0.0) / s)) if s > 1 else None,
                     "drafted": int(d), "accepted": int(a),
                     "acceptance_rate": float(a / d) if d else None}
 
-        out = row(self.steps.sum(), self.emitted.sum(), self.drafted.sum(), self.accepted.sum())
-        out["by_bucket"] = {lab: row(self.steps[i], self.emitted[i], self.drafted[i], self.accepted[i])
-                            for i, lab in enumerate(labels)}
+        out = row(self.steps.sum(), self.emitted.sum(), self.drafted.sum(), self.accepted.sum(),
+                  self.emitted_sq.sum())
+        out["by_bucket"] = {lab: row(self.steps[i], self.emitted[i], self.drafted[i], self.accepted[i],
+                                     self.emitted_sq[i]) for i, lab in enumerate(labels)}
         out["engine_steps"] = self.engine_steps
         out["wall_s"] = self.wall_s
         return out
@@ -258,7 +277,8 @@ def run_device(cfg: DASConfig, w: Workload, k: int, vocab_size: int = QWEN_VOCAB
     buf = torch.zeros(n, width, dtype=torch.int32)
     for i, x in enumerate(w.requests):
         buf[i, : x.prompt.size] = torch.from_numpy(x.prompt.astype(np.int32))
-    slot = np.array([dd.slot_of(x.problem_id) for x in w.requests], np.int64)
+    # as the proposer: a problem without history gets a slot of its own (its siblings' live text)
+    slot = np.array([dd.slot_of(x.problem_id, assign=True) for x in w.requests], np.int64)
     slot_t = torch.from_numpy(slot)
     factor = cfg.flat_budget.factor
     pos = np.zeros(n, np.int64)

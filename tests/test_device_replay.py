@@ -161,6 +161,23 @@ def test_live_sibling_text_becomes_draftable():
     assert dd.stats()["live_tokens_appended"] == 10
 
 
+def test_new_problem_siblings_draftable_with_assigned_slot():
+    """Epoch 0 / a new problem: no history, but ``slot_of(assign=True)`` (what the proposer
+    asks) gives it a slot, so its siblings' live text is indexed and drafted from."""
+    dd = _drafter()
+    dd.load_history([_arr([1, 2, 3, 4])], ["A"])
+    assert dd.slot_of("new") == NO_SLOT
+    s = dd.slot_of("new", assign=True)
+    assert s not in (NO_SLOT, dd.slot_of("A")) and dd.slot_of("new") == s
+    sib = [7, 7] + list(range(30, 50))
+    buf, _ = _buffer([sib, [9, 30, 31, 32]])
+    assert dd.append_live(buf, np.array([0]), np.array([2]), np.array([12]), np.array([s])) == 10
+    assert _propose(dd, [sib, [9, 30, 31, 32], [9, 30, 31, 32]], [s, s, dd.slot_of("A")], buf=None)[1:] == [
+        [33, 34, 35, 36], []]
+    dd.load_history([_arr([1, 2, 3, 4])], ["A"])  # slots renumbered, live text emptied
+    assert dd.slot_of("new") == NO_SLOT and dd.stats()["live_tokens"] == 0
+
+
 def test_live_buffer_drops_oldest_when_full():
     dd = _drafter(live_capacity=64)  # 63 usable slots: two 25-token chunks + separators fit, not three
     dd.load_history([_arr([1, 2, 3, 4])], ["A"])
