@@ -71,12 +71,12 @@ def test_gsm_symbolic_is_generated_deterministically() -> None:
 
 
 def test_arithmetic_is_generated_deterministically() -> None:
-    """``make demo``'s set: distinct one-digit sums with integer answers, stable per seed."""
+    """``make demo``'s set: distinct sums of two numbers 0..10 with integer answers, stable per seed."""
     ds = load_math("arithmetic", limit=16)
     assert len(ds) == 16 and set(ds.column_names) == MATH_COLUMNS and set(ds["source"]) == {"arithmetic"}
     for row in ds:
         a, b = row["question"].removeprefix("What is ").rstrip("?").split(" + ")
-        assert int(a) + int(b) == int(row["answer"]) and 0 <= int(a) <= 9 and 0 <= int(b) <= 9
+        assert int(a) + int(b) == int(row["answer"]) and 0 <= int(a) <= 10 and 0 <= int(b) <= 10
         assert row["problem_id"] == stable_id("arithmetic", row["question"])
     assert load_math("arithmetic", limit=16)["problem_id"] == ds["problem_id"]
     assert load_math("arithmetic", limit=16, seed=1)["problem_id"] != ds["problem_id"]

@@ -4,9 +4,10 @@
   311 MATH-500, 30 AIME 2024, 15 AIME 2025, 18 CNMO.
 * ``reasoning-gym`` (Apache-2.0): the procedural ``gsm_symbolic`` generator (GSM8K-style word
   problems with integer answers), generated deterministically from a seed; and its
-  ``basic_arithmetic`` generator as ``arithmetic``: sums of two one-digit numbers ("What is
-  4 + 1?"), which SmolLM2-135M-Instruct solves about one time in six at T = 1 (with the lenient
-  reward, :func:`openrlhf_das.data.math_reward.final_answer`) — the set of ``make demo``.
+  ``basic_arithmetic`` generator as ``arithmetic``: sums of two numbers from 0 to 10 (its
+  one-digit setting; "What is 4 + 1?"), which SmolLM2-135M-Instruct solves about one time in
+  six at T = 1 with the lenient reward (:func:`openrlhf_das.data.math_reward.final_answer`;
+  ``make demo``: 0.06-0.25 per step, ``benchmarks/results/cpu-smollm2-demo.json``).
 
 Rows: ``problem_id``, ``source``, ``question`` (problem text), ``prompt`` (user message with
 the boxed-answer instruction), ``answer`` (gold answer, LaTeX without ``$``), ``label``
@@ -73,9 +74,9 @@ def _gsm_symbolic_rows(size: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _arithmetic_rows(size: int, seed: int) -> list[dict[str, Any]]:
-    """First ``size`` distinct sums ``a + b`` (one-digit terms) of reasoning-gym's
-    ``basic_arithmetic`` generator for ``seed``; ids ``stable_id("arithmetic", question)``. At most
-    100 distinct sums exist."""
+    """First ``size`` distinct sums ``a + b`` (terms 0..10: the generator's one-digit setting) of
+    reasoning-gym's ``basic_arithmetic`` generator for ``seed``; ids ``stable_id("arithmetic",
+    question)``. At most 121 distinct sums exist; fewer rows than ``size`` may come back."""
     import reasoning_gym
 
     generator = reasoning_gym.create_dataset(
