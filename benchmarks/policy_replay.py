@@ -14,8 +14,9 @@ under
 * ``das/oracle`` – a bound, not a policy: ``das/static`` with each request's class known in
   advance from its *final* length (long past ``promotion.long_fraction`` of the limit, else short);
 * ``arctic/<scope>`` – arctic-inference's ``SuffixDecodingCache`` with the same history and flat
-  budget ``k_max`` x 1 (``arctic_baseline.py``), with ``flat/<k_max>x1``'s tokens per verify step
-  beside it (the union drafter with the same budget).
+  budget ``k_max`` x 1 (``arctic_baseline.py``), and ``union/<k_max>x1``: the union drafter
+  (``flat+all``) with the same budget and arctic's context (``pattern_tokens`` = ``max_depth``; at
+  16 tokens a factor-1 draft could never exceed 15 tokens).
 
 The run's limit (``max_new_tokens``) is ``--max-new-tokens``, else the trace header's, else the
 longest response of the trace. The batch gate is off in every policy (the linear cost model has
@@ -87,6 +88,9 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
     elif name.startswith("flat/"):
         t, f = name.split("/")[1].split("x")
         out = per_epoch(replay(steps, ["flat+all"], base, cost, flat_tokens=int(t), flat_factor=float(f))["flat+all"])
+    elif name.startswith("union/"):
+        cfg = base.with_overrides({"pattern_tokens": None})
+        out = per_epoch(replay(steps, ["flat+all"], cfg, cost, flat_tokens=k_max, flat_factor=1.0)["flat+all"])
     elif name.startswith("arctic/"):
         spec = ArcticSpeculator(name.split("/")[1], k_max, 1.0, base)
         out = per_epoch(replay(steps, [], base, cost, extra={name: spec})[name])
@@ -114,7 +118,7 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
 
 def policy_names(k_max: int, arctic: bool) -> list[str]:
     flats = [f"flat/{t}x{f}" for t in (4, 8, 16) if t <= k_max for f in (1, 2)]
-    return ["none", *flats, "das/static", "das/aimd", "das/oracle", *([f"arctic/{s}" for s in SCOPES] if arctic else [])]
+    return ["none", *flats, "das/static", "das/aimd", "das/oracle", *([f"union/{k_max}x1", *(f"arctic/{s}" for s in SCOPES)] if arctic else [])]
 
 
 def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, jobs: int = 1) -> dict[str, Any]:
@@ -154,8 +158,8 @@ def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
     out["tuning_never_worse_by_1pct"] = all(x["aimd_vs_static"] <= 1 + TUNING_LOSS for x in ep)
     out["tuning_gain_5pct_somewhere"] = any(x["aimd_vs_static"] <= 1 - TUNING_GAIN for x in ep)
     arctic = {k: history_tokens_per_verify_step(v) for k, v in pol.items() if k.startswith("arctic/")}
-    if arctic:  # the union drafter with arctic's budget: the flat policy of the largest tokens, factor 1
-        union = max((k for k in flats if k.endswith("x1")), key=lambda k: int(k.split("/")[1].split("x")[0]))
+    if arctic:  # the union drafter with arctic's budget and context
+        union = next(k for k in pol if k.startswith("union/"))
         out["union_policy"] = union
         out["union_tokens_per_verify_step"] = history_tokens_per_verify_step(pol[union])
         out["arctic_tokens_per_verify_step"] = arctic
@@ -179,7 +183,7 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(ks), figsize=(7 * len(ks), 4.8), squeeze=False)
     for ax, k in zip(axes[0], ks):
         pol = rep["k_max"][k]["policies"]
-        names = [n for n in pol if not n.startswith("arctic/") and "same_as" not in pol[n]]
+        names = [n for n in pol if not n.startswith(("arctic/", "union/")) and "same_as" not in pol[n]]
         epochs = range(1, len(pol["none"]["makespan_s"]))
         width = 0.8 / len(names)
         for i, n in enumerate(names):
