@@ -10,7 +10,8 @@ GPU-only parts, ``tests/cpu_async.py``) on SmolLM2-135M-Instruct:
 ``--requests`` prompts of the shortest MATH-500 problems, greedy, ``--tokens`` new tokens each,
 all submitted at once, gate ``max_running`` 64 (so every step is gated), under ``cProfile``.
 Modes: ``nospec`` (async, no speculation), ``das_gate`` (async DAS, ``scheduler_gate`` on) and
-``das_nogate`` (``scheduler_gate: false``). Reported: milliseconds per engine step of cumulative
+``das_nogate`` (``scheduler_gate: false``) and ``das_gpu`` (the device drafter, scheduler gate on; its
+device step runs eager on the CPU, where the GPU replays a graph). Reported: milliseconds per engine step of cumulative
 time in the functions listed in ``FUNCTIONS`` (model forward excluded: on the CPU it is compute).
 The CPU's host speed is not the GPU machine's, so compare modes within one run.
 Output: JSON (``--out``).
@@ -45,8 +46,10 @@ FUNCTIONS = {  # label -> (file suffix, function name)
     "das.complete_pending": ("engines/vllm/async_proposer.py", "complete_pending"),
     "das._append_history": ("engines/vllm/async_proposer.py", "_append_history"),
     "das._enter_batch": ("engines/vllm/drafting.py", "_enter_batch"),
+    "das_gpu.propose": ("engines/vllm/device_proposer.py", "propose"),
+    "das_gpu._batch_changed": ("engines/vllm/device_proposer.py", "_batch_changed"),
 }
-MODES = ("nospec", "das_gate", "das_nogate")
+MODES = ("nospec", "das_gate", "das_nogate", "das_gpu")
 
 
 def _cumulative(stats: pstats.Stats) -> dict[str, float]:
@@ -76,7 +79,8 @@ def run_mode(mode: str, requests: int, tokens: int) -> dict[str, Any]:
     params: Any = sp
     if mode != "nospec":
         engine["das"] = DASConfig.from_dict({"gate": {"mode": "max_running", "max_running": 64},
-                                             "async_scheduling": True, "scheduler_gate": mode == "das_gate"})
+                                             "async_scheduling": True, "scheduler_gate": mode != "das_nogate",
+                                             "device_drafter": {"enabled": mode == "das_gpu"}})
         params = [with_das_metadata(sp, pids[i % len(pids)], "long") for i in range(requests)]
     with running_llm(model, **engine) as llm:
         llm.generate(reqs[:8], params if mode == "nospec" else params[:8], use_tqdm=False)  # warm-up

@@ -26,12 +26,19 @@ KV_BLOCKS = 20
 PIDS = [f"p{i}" for i in range(N)]
 
 
-def test_preempted_requests_stay_lossless_and_keep_drafting() -> None:
+@pytest.mark.parametrize("drafter", ["host", "device"])
+def test_preempted_requests_stay_lossless_and_keep_drafting(drafter: str) -> None:
+    """``host``: the DAS async proposer; ``device``: the device drafter (``das_gpu``), whose rows
+    are matched to requests again after the batch changes and whose token buffer rows vLLM
+    refills for resumed requests."""
     prompts = [{"prompt_token_ids": p} for p in random_prompts(N, 16, VOCAB, seed=4)]
     sp = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
     with running_llm(tiny_model(VOCAB), max_model_len=256) as llm:
         base = token_ids(llm.generate(prompts, sp, use_tqdm=False))
-    config = DASConfig().with_overrides({"async_scheduling": True})
+    over = {"async_scheduling": True}
+    if drafter == "device":
+        over["device_drafter"] = {"enabled": True, "history_capacity": 1 << 14, "live_capacity": 1 << 12}
+    config = DASConfig().with_overrides(over)
     with running_llm(tiny_model(VOCAB), das=config, async_cpu=True, max_model_len=256,
                      num_gpu_blocks_override=KV_BLOCKS) as llm:
         load_history(llm, PIDS, corrupt(base, every=12, vocab_size=VOCAB, seed=2))
@@ -40,6 +47,7 @@ def test_preempted_requests_stay_lossless_and_keep_drafting() -> None:
     total = st["acceptance"]["total"]
     print(f"resumed {st['resumed_requests']}, context fetches {st['context_fetches']}, acceptance {total}")
     assert st["resumed_requests"] > 0  # the small KV cache did preempt
-    assert st["engine_faults"] == 0 and st["async_drafted_steps"] > 0 and total["accepted"] > 0
+    drafted = st["device_drafted_steps"] if drafter == "device" else st["async_drafted_steps"]
+    assert st["engine_faults"] == 0 and drafted > 0 and total["accepted"] > 0
     assert [i for i, (a, b) in enumerate(zip(base, outs)) if a != b] == []
     assert np.mean([len(o) for o in outs]) == 200

@@ -184,9 +184,11 @@ def test_drafter_fault_falls_back_to_plain_decoding(engine, problems, plain, mon
     name = "propose" if where == "draft" else "append_live"
     original = getattr(target, name)
 
+    period = 3 if where == "draft" else 2  # sibling appends come every few steps only
+
     def flaky(*a, **kw):
         calls["n"] += 1
-        if calls["n"] % 3 == 0:
+        if calls["n"] % period == 0:
             raise RuntimeError("injected device drafter fault")
         return original(*a, **kw)
 
@@ -195,7 +197,7 @@ def test_drafter_fault_falls_back_to_plain_decoding(engine, problems, plain, mon
     das_stats(engine, reset=True)
     outs = _generate(engine, prompts[:48], _params(), pids[:48])
     st = das_stats(engine, reset=True)
-    assert calls["n"] >= 3 and st["engine_faults"] >= 1
+    assert calls["n"] >= period and st["engine_faults"] >= 1
     assert token_differences(plain["plain"][:48], outs) == []
 
 
@@ -221,4 +223,35 @@ def test_circuit_breaker_stops_drafting_after_consecutive_faults(engine, problem
         drafter.consecutive_faults = 0
     assert calls["n"] == CONFIG.max_consecutive_faults == 8
     assert st["breaker_tripped"] is True and st["engine_faults"] >= 8
+    assert token_differences(plain["plain"][:48], outs) == []
+
+
+def test_snapshot_swap_mid_run(engine, problems, plain, monkeypatch) -> None:
+    """A history snapshot arrives while requests are in flight (as ``das_load_snapshot`` does
+    between two engine steps of an async engine, e.g. with partial rollouts): the device indexes
+    are rebuilt in place, rows are matched to their (renumbered) problem slots again, drafting
+    goes on from the new history, and the outputs stay identical."""
+    from engine_fixtures import snapshot_bytes
+
+    pids, prompts = problems
+    drafter = inproc_drafter(engine)
+    load_history(engine, pids[:1], [[1, 2, 3]])  # almost no history before the swap
+    data = snapshot_bytes(pids, corrupt(token_ids(plain["plain"]), every=8, vocab_size=49152, seed=1), step=1)
+    original = drafter.propose
+    seen = {"calls": 0, "loads_before": None}
+
+    def propose(*a, **kw):
+        seen["calls"] += 1
+        if seen["calls"] == 4:
+            seen["loads_before"] = drafter.device_drafter.loads
+            drafter.load_snapshot_bytes(data)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(drafter, "propose", propose)
+    das_stats(engine, reset=True)
+    outs = _generate(engine, prompts[:48], _params(), pids[:48])
+    st = das_stats(engine, reset=True)
+    assert seen["calls"] > 4 and st["device_history"]["history_loads"] == seen["loads_before"] + 1
+    assert st["device_history"]["history_responses"] == NUM_PROMPTS
+    assert st["engine_faults"] == 0 and st["acceptance"]["total"]["accepted"] > 0
     assert token_differences(plain["plain"][:48], outs) == []

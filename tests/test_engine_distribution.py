@@ -70,7 +70,8 @@ def plain(prompt) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=["long", "short-padded", "long-async", "long-async-scheduler-gate"])
+@pytest.fixture(scope="module", params=["long", "short-padded", "long-async", "long-async-scheduler-gate",
+                                        "long-device", "long-device-padded"])
 def das(request, prompt, plain) -> dict:
     """``long``: class budget 4. ``short-padded``: class budget 0, but drafts padded to k
     (``pad_drafts``, as on GPU graphs) with ``fill_padded_drafts`` giving the request the full
@@ -78,7 +79,10 @@ def das(request, prompt, plain) -> dict:
     ``long-async``: as ``long`` on an async-scheduling engine (``async_scheduling``: method
     ``ngram_gpu`` with the DAS async proposer; ``engine_fixtures.cpu_async_scheduling``).
     ``long-async-scheduler-gate``: as ``long-async`` with a ``max_running`` gate above N, so vLLM's
-    scheduler runs on the gate's slot table (``scheduler_gate``) and every step may draft."""
+    scheduler runs on the gate's slot table (``scheduler_gate``) and every step may draft.
+    ``long-device``: as ``long-async`` with the device drafter (``device_drafter.enabled``, mode
+    ``das_gpu``; its PyTorch path on the CPU); ``long-device-padded``: the same with ``pad_drafts``
+    (the GPU setting: the host announces k draft tokens per row, filler included)."""
     cls, config, engine = "long", CONFIG, {}
     if request.param == "short-padded":
         cls, config = "short", CONFIG.with_overrides({"pad_drafts": True, "fill_padded_drafts": True})
@@ -86,6 +90,11 @@ def das(request, prompt, plain) -> dict:
         config, engine = CONFIG.with_overrides({"async_scheduling": True}), {"async_cpu": True}
     if request.param == "long-async-scheduler-gate":
         config = CONFIG.with_overrides({"async_scheduling": True, "gate.mode": "max_running", "gate.max_running": N})
+        engine = {"async_cpu": True}
+    if request.param.startswith("long-device"):
+        device = {"enabled": True, "history_capacity": 1 << 14, "live_capacity": 1 << 10}
+        config = CONFIG.with_overrides({"async_scheduling": True, "device_drafter": device,
+                                        "pad_drafts": request.param.endswith("padded")})
         engine = {"async_cpu": True}
     sp = with_das_metadata(SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True), "chi", cls)
     with running_llm(tiny_model(VOCAB), das=config, seed=12, per_request_spec_decode_metrics="detailed",
@@ -104,6 +113,7 @@ def das(request, prompt, plain) -> dict:
                                   for m in metrics]),
         "accepted_at_2": np.array([m is not None and sum(m.per_step_accepted) > 0 for m in metrics]),
         "stats": stats,
+        "cls": cls,
     }
 
 
@@ -120,7 +130,7 @@ def test_das_drafts_position_2(das) -> None:
     # the drafts are plausible (often accepted) but not forced (often rejected)
     assert 0.1 <= accepted / drafted <= 0.9
     assert total["drafted"] > 0 and total["accepted"] > 0
-    if das["stats"]["pad_drafts"]:  # a short request drafts only through fill_padded_drafts
+    if das["stats"]["pad_drafts"] and das["cls"] == "short":  # drafts only through fill_padded_drafts
         assert das["stats"]["acceptance"]["by_class"]["short"]["drafted"] == total["drafted"]
 
 

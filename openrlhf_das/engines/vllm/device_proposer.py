@@ -16,7 +16,9 @@ writes the draft tensor on the device. Per engine step (``propose``, end of step
   knows, and hands vLLM no device counts: vLLM then has nothing to copy back and step N + 1
   starts without waiting for the GPU. Without padding (eager engines, CPU) the counts go the
   stock ``ngram_gpu`` way (device tensor, copied back by vLLM).
-* **gated step** (no draft slots): only the append, also from a graph; host counts 0.
+* **gated step** (no draft slots): only the append, also from a graph; host counts 0, and no
+  Python work per row (the rows are matched to requests afresh when drafting resumes; the verify
+  result of the last drafted step before the gate closes goes uncounted).
 
 Host work per step is O(1) Python plus numpy over the rows; per-row metadata (problem slot,
 class, budgets) is rebuilt only when the batch changes. Live sibling text is appended every
@@ -245,26 +247,27 @@ class DASDeviceProposer(DASAsyncProposer):
                     return self.propose(num_speculative_tokens, num_tokens_no_spec, token_ids_gpu,
                                         valid_sampled_token_ids_gpu, valid_sampled_tokens_count)
                 self._capture()
-            req_ids = runner.input_batch.req_ids
-            if len(req_ids) < n or self._batch != req_ids[:n]:
-                self._batch_changed(list(req_ids[:n]))
-            elif self._meta_dirty:
-                self._write_row_meta(n)
             spec = self.speculator
             k = min(int(num_speculative_tokens), self.k)
             drafting = k > 0 and spec.gate_allows(n)
             width = valid_sampled_token_ids_gpu.shape[1]
             self._in_sampled[:n, :width].copy_(valid_sampled_token_ids_gpu)
             self._in_count[:n].copy_(valid_sampled_tokens_count)
-            if not drafting:
+            if not drafting:  # the append only: no row metadata, no Python work per row
                 self._in_count[n:].zero_()
                 self._append_graphs.run(n)
                 runner._num_valid_draft_tokens_cpu[:n] = 0
+                self._batch = []  # rows are matched afresh when drafting resumes
                 spec.steps += 1
                 spec.gated_steps += 1
                 self.device_gated_steps += 1
                 self._on_ok()
                 return self._drafts_gpu[:n], None
+            req_ids = runner.input_batch.req_ids
+            if len(req_ids) < n or self._batch != req_ids[:n]:
+                self._batch_changed(list(req_ids[:n]))
+            elif self._meta_dirty:
+                self._write_row_meta(n)
             b = self._graphs.bucket(n) if self._graphs.enabled else n
             if b is not None and b > n:
                 self._in_count[n:b].zero_()
@@ -301,7 +304,10 @@ class DASDeviceProposer(DASAsyncProposer):
             if rid not in self.runner.requests:
                 del self._live_done[rid]
         n = len(req_ids)
-        if n:
+        if n and not (perm >= 0).any():  # after gated steps or a history load: nothing pending
+            for t in (self._prev_real, self._prev_considered):
+                t.zero_()
+        elif n:  # carry each row's pending draft to its new row
             idx = torch.from_numpy(np.maximum(perm, 0)).to(self.device, non_blocking=True)
             keep = torch.from_numpy(perm >= 0).to(self.device, non_blocking=True)
             for t in (self._prev_real, self._prev_considered, self._prev_bucket, self._prev_class):
