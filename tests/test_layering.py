@@ -55,3 +55,12 @@ def test_ray_package_pure_modules_import_without_ray() -> None:
 
     assert das_ray.engine_for_problem("p", 2) in (0, 1)
     assert das_ray.create_history_actor.__module__ == "openrlhf_das.ray.history_actor"
+
+
+def test_device_drafter_imports_no_engine_or_cluster() -> None:
+    """``openrlhf_das.device`` (the GPU drafter) needs torch and suffix-gpu, nothing of vLLM, Ray
+    or OpenRLHF: the engine adapter (``engines/vllm/device_proposer.py``) is the only caller
+    that knows vLLM."""
+    loaded = _loaded_top_level_modules(["openrlhf_das.device"])
+    assert {"openrlhf_das", "torch", "suffix_gpu"} <= loaded
+    assert loaded & {"vllm", "ray", "openrlhf"} == set()
