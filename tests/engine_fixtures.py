@@ -238,6 +238,26 @@ def token_ids(outputs: Sequence[Any]) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outputs]
 
 
+def generate_tagged(llm: Any, prompts: Sequence[Sequence[int]], params: Any, pids: Sequence[str] | None = None,
+                    length_class: str = "long") -> list[Any]:
+    """``llm.generate`` on token prompts; with ``pids`` each request carries its DAS metadata."""
+    from openrlhf_das.engines.vllm.factory import with_das_metadata
+
+    reqs = [{"prompt_token_ids": p} for p in prompts]
+    if pids is not None:
+        params = [with_das_metadata(params, pid, length_class) for pid in pids]
+    return llm.generate(reqs, params, use_tqdm=False)
+
+
+def max_logprob_difference(got: Sequence[Any], ref: Sequence[Any]) -> tuple[float, int]:
+    """(largest |logprob difference| of the chosen tokens, tokens compared); the outputs must
+    hold the same tokens (asserted) and finite logprobs."""
+    a = np.concatenate([np.array(x) for x in chosen_logprobs(got)])
+    b = np.concatenate([np.array(x) for x in chosen_logprobs(ref)])
+    assert a.shape == b.shape and np.all(np.isfinite(a))
+    return float(np.max(np.abs(a - b))), int(a.size)
+
+
 def chosen_logprobs(outputs: Sequence[Any]) -> list[list[float]]:
     """Logprob of each generated token, per request."""
     return [[float(lp[t].logprob) for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)]

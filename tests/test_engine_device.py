@@ -15,16 +15,16 @@ The T = 1 distribution test is in ``test_engine_distribution.py`` (``device``).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from vllm import SamplingParams
 
 from engine_fixtures import (
-    chosen_logprobs,
     corrupt,
     das_stats,
+    generate_tagged,
     inproc_drafter,
     load_history,
+    max_logprob_difference,
     running_llm,
     token_differences,
     token_ids,
@@ -49,11 +49,7 @@ def _params(**kw) -> SamplingParams:
     return SamplingParams(**{"temperature": 0.0, "max_tokens": MAX_TOKENS, "logprobs": 1, **kw})
 
 
-def _generate(llm, prompts, params, pids=None):
-    reqs = [{"prompt_token_ids": p} for p in prompts]
-    if pids is None:
-        return llm.generate(reqs, params, use_tqdm=False)
-    return llm.generate(reqs, [with_das_metadata(params, pid, "long") for pid in pids], use_tqdm=False)
+_generate = generate_tagged
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +102,8 @@ def test_drafts_accepted_and_rejected_without_host_drafting(drafted) -> None:
 
 
 def test_processed_logprobs_match(drafted, plain) -> None:
-    a = np.concatenate([np.array(x) for x in chosen_logprobs(drafted["outputs"])])
-    b = np.concatenate([np.array(x) for x in chosen_logprobs(plain["plain"])])
-    assert a.shape == b.shape
-    diff = float(np.max(np.abs(a - b)))
-    print(f"processed logprobs: max |device DAS - plain| = {diff:.3g} over {a.size} tokens")
+    diff, n = max_logprob_difference(drafted["outputs"], plain["plain"])
+    print(f"processed logprobs: max |device DAS - plain| = {diff:.3g} over {n} tokens")
     assert diff <= LOGPROB_TOL
 
 
