@@ -100,9 +100,15 @@ def run_mode(mode: str, requests: int, tokens: int) -> dict[str, Any]:
         llm.generate(reqs, params, use_tqdm=False)
         profile.disable()
         seconds = time.perf_counter() - t0
+        das = llm.collective_rpc("das_get_stats")[0] if mode == "das_gpu" else {}
     per_step = {k: round(1000 * v / len(steps), 3) for k, v in _cumulative(pstats.Stats(profile)).items()}
-    return {"mode": mode, "seconds": round(seconds, 3), "steps": len(steps),
-            "max_requests_per_step": max(steps), "host_ms_per_step": per_step}
+    out = {"mode": mode, "seconds": round(seconds, 3), "steps": len(steps),
+           "max_requests_per_step": max(steps), "host_ms_per_step": per_step}
+    if das:  # the device proposer's own host time on gated steps (its drafted steps run eager on a CPU)
+        gated = das.get("device_gated_steps", 0)
+        out.update(device_gated_steps=gated, device_drafted_steps=das.get("device_drafted_steps", 0),
+                   gated_host_us_per_step=round(1e6 * das.get("gated_host_seconds", 0.0) / max(1, gated), 1))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,7 @@ class DASDeviceProposer(DASAsyncProposer):
         self.device_drafted_steps = 0
         self.device_gated_steps = 0
         self.host_seconds = 0.0  # host time inside propose (the whole per-step drafter cost on the host)
+        self.gated_host_seconds = 0.0  # the part of it spent in gated steps
         self.live_appends = 0
         logger.info("DAS device drafter active (k=%d, sources own=%s problem=%s global=%s, graphs=%s)", k,
                     c.use_request_tree, c.use_problem_tree, c.use_global_tree, self._graphs.enabled)
@@ -236,6 +237,7 @@ class DASDeviceProposer(DASAsyncProposer):
         t0 = time.perf_counter()
         n = int(num_tokens_no_spec.shape[0])
         runner = self.runner
+        gated = False
         if self._deferred is None:
             self._deferred = bool(getattr(runner, "use_async_scheduling", False))
         if self._off or self.breaker_tripped:
@@ -254,6 +256,7 @@ class DASDeviceProposer(DASAsyncProposer):
             self._in_sampled[:n, :width].copy_(valid_sampled_token_ids_gpu)
             self._in_count[:n].copy_(valid_sampled_tokens_count)
             if not drafting:  # the append only: no row metadata, no Python work per row
+                gated = True
                 self._in_count[n:].zero_()
                 self._append_graphs.run(n)
                 runner._num_valid_draft_tokens_cpu[:n] = 0
@@ -293,6 +296,8 @@ class DASDeviceProposer(DASAsyncProposer):
             dt = time.perf_counter() - t0
             self.host_seconds += dt
             self.propose_seconds += dt
+            if gated:
+                self.gated_host_seconds += dt
 
     # ------------------------------------------------------------------ batch metadata (host)
     def _batch_changed(self, req_ids: list[str]) -> None:
@@ -437,6 +442,7 @@ class DASDeviceProposer(DASAsyncProposer):
             "device_drafted_steps": self.device_drafted_steps,
             "device_gated_steps": self.device_gated_steps,
             "host_seconds": self.host_seconds,
+            "gated_host_seconds": self.gated_host_seconds,
             "live_appends": self.live_appends,
             **{f"drafting_{k}": v for k, v in self._graphs.stats().items()},
             **{f"append_{k}": v for k, v in self._append_graphs.stats().items()},
@@ -444,5 +450,5 @@ class DASDeviceProposer(DASAsyncProposer):
         })
         if reset:
             self.device_drafted_steps = self.device_gated_steps = self.live_appends = 0
-            self.host_seconds = 0.0
+            self.host_seconds = self.gated_host_seconds = 0.0
         return out
