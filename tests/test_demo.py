@@ -65,7 +65,8 @@ def test_demo_runs_both_arms_end_to_end(tmp_path, monkeypatch, capsys):
                     "--episodes", "2", "--max-tokens", "24", "--temperature", "0", "--run-dir", str(run),
                     "--greedy-prompts", "2", "--results", str(tmp_path / "results" / "demo.json"),
                     "--das.length_policy", "false", "--das.flat_budget.tokens", "4", "--das.use_request_tree", "false",
-                    "--das.use_global_tree", "false", "--das.use_siblings", "false", "--das.history_cpus", "0",
+                    "--das.use_global_tree", "false", "--das.use_siblings", "false", "--das.shared_own_text", "false",
+                    "--das.history_cpus", "0",
                     "--das.snapshot_every", "1"])  # problem trees only: no draft before episode 2
     assert rc == 0
     summary = json.loads((run / "summary.json").read_text())
