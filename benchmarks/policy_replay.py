@@ -271,8 +271,8 @@ def main() -> None:
         t = rep["k_max"][str(k)]["targets"]
         print(f"k_max={k}: " + json.dumps({kk: v for kk, v in t.items()}, default=float), flush=True)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(rep, indent=1))
-    plot(rep, stem.with_suffix(".png"))
+    Path(f"{stem}.json").write_text(json.dumps(rep, indent=1))  # not with_suffix: names hold dots ("0.5b")
+    plot(rep, Path(f"{stem}.png"))
 
 
 if __name__ == "__main__":
