@@ -167,12 +167,14 @@ def test_presets_load() -> None:
     math = DASConfig.from_yaml(PRESETS / "math.yaml")
     code = DASConfig.from_yaml(PRESETS / "code.yaml")
     default = DASConfig()
-    # math: the authors' policy values
-    for knob in ("window", "max_depth", "min_token_prob", "long_ratio", "medium_ratio", "budgets", "gate"):
+    # math: the authors' policy values, budgets from the replays of issue 21 (docs/configuration.md)
+    for knob in ("window", "max_depth", "min_token_prob", "long_ratio", "medium_ratio", "gate"):
         assert getattr(math, knob) == getattr(default, knob), knob
+    assert [(b.tokens, b.factor) for b in (math.budgets.short, math.budgets.medium, math.budgets.long)] == [
+        (0, 1.0), (4, 1.0), (8, 2.0)]
     assert (math.promote_medium_tokens, math.promote_long_tokens) == (3000, 5000)
     assert math.length_buckets[-1] == 16000
-    # code: shorter responses -> earlier promotion, same budgets
+    # code: shorter responses -> earlier promotion
     assert code.promote_medium_tokens < math.promote_medium_tokens
     assert code.promote_long_tokens < math.promote_long_tokens
-    assert code.budgets == math.budgets
+    assert code.budgets == default.budgets  # the authors' budgets: no code trace has been replayed
