@@ -241,10 +241,26 @@ def test_snapshot_swap_mid_run(engine, problems, plain, monkeypatch) -> None:
         return original(*a, **kw)
 
     monkeypatch.setattr(drafter, "propose", propose)
-    das_stats(engine, reset=True)
+    faults = das_stats(engine, reset=True)["engine_faults"]  # cumulative over the engine's life
     outs = _generate(engine, prompts[:48], _params(), pids[:48])
     st = das_stats(engine, reset=True)
     assert seen["calls"] > 4 and st["device_history"]["history_loads"] == seen["loads_before"] + 1
     assert st["device_history"]["history_responses"] == NUM_PROMPTS
-    assert st["engine_faults"] == 0 and st["acceptance"]["total"]["accepted"] > 0
+    assert st["engine_faults"] == faults and st["acceptance"]["total"]["accepted"] > 0
+    assert token_differences(plain["plain"][:48], outs) == []
+
+
+def test_short_requests_promoted_relative_to_their_limit(engine, problems, plain) -> None:
+    """The device rows follow the length policy of ``DASSpeculator.class_of``: requests tagged
+    short (budget 0) are promoted once they pass 15 % / 30 % of their own ``max_tokens`` (24),
+    far below the absolute 3000 / 5000 tokens, and then draft; outputs stay identical."""
+    pids, prompts = problems
+    load_history(engine, pids, corrupt(token_ids(plain["plain"]), every=8, vocab_size=49152, seed=0))
+    das_stats(engine, reset=True)
+    outs = generate_tagged(engine, prompts[:48], _params(), pids[:48], length_class="short")
+    st = das_stats(engine, reset=True)
+    by_class = st["acceptance"]["by_class"]
+    print(f"short-tagged requests: {by_class}")
+    assert by_class["short"]["drafted"] == 0  # budget 0 while short
+    assert by_class["medium"]["drafted"] + by_class["long"]["drafted"] > 0
     assert token_differences(plain["plain"][:48], outs) == []

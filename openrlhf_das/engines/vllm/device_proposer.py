@@ -21,7 +21,11 @@ writes the draft tensor on the device. Per engine step (``propose``, end of step
   result of the last drafted step before the gate closes goes uncounted).
 
 Host work per step is O(1) Python plus numpy over the rows; per-row metadata (problem slot,
-class, budgets) is rebuilt only when the batch changes. Live sibling text is appended every
+class, budgets) is rebuilt only when the batch changes. Classes follow the length policy of
+``DASSpeculator.class_of`` (``policy/promotion.py``: promotion relative to each request's
+``max_tokens`` and its problem's past lengths, the tail rule), vectorized over the rows and
+refreshed every ``live_interval`` drafting steps; padded engines give every row ``fill_budget``
+anyway. Online tuning (``tuning.mode: aimd``) is not mirrored on the device. Live sibling text is appended every
 ``device_drafter.live_interval`` steps. The history (``das_load_snapshot``) is loaded into the
 device indexes, not into host trees. Acceptance counts live on the device and are folded into
 the speculator's tracker when stats are read (between steps).
@@ -41,6 +45,7 @@ import torch
 from ...config import LengthClass
 from ...drafter import HistorySnapshot
 from ...policy.acceptance import Counts
+from ...policy.promotion import NO_THRESHOLD, problem_threshold, promoted_rank, run_thresholds, tail_floor
 from .async_proposer import DASAsyncProposer
 
 logger = logging.getLogger(__name__)
@@ -117,6 +122,7 @@ class DASDeviceProposer(DASAsyncProposer):
         self._row_prompt = np.zeros(0, np.int64)
         self._row_offset = np.zeros(0, np.int64)
         self._row_base_class = np.zeros(0, np.int64)
+        self._row_medium_at = self._row_long_at = self._row_problem_at = np.zeros(0, np.float64)
         self._row_slot_host = np.zeros(0, np.int64)
         self._live_done: dict[str, int] = {}
         self._steps_since_live = 0
@@ -321,6 +327,12 @@ class DASDeviceProposer(DASAsyncProposer):
         unknown = self.das_config.unknown_class
         self._row_base_class = np.fromiter(
             ((m[1] or classes.get(m[0] or "", unknown)).rank for m in meta), np.int64, n)
+        requests = self.runner.requests
+        limits = [getattr(getattr(requests.get(r), "sampling_params", None), "max_tokens", None) for r in req_ids]
+        at = np.array([run_thresholds(self.das_config, lim) for lim in limits], dtype=np.float64).reshape(n, 2)
+        self._row_medium_at, self._row_long_at = at[:, 0], at[:, 1]
+        promote_at = self.speculator.problem_promote_at
+        self._row_problem_at = np.fromiter((promote_at.get(m[0] or "", NO_THRESHOLD) for m in meta), np.float64, n)
         self._row_slot_host = np.fromiter((self.device_drafter.slot_of(m[0], assign=True) for m in meta), np.int64, n)
         self._write_row_meta(n)
 
@@ -329,9 +341,10 @@ class DASDeviceProposer(DASAsyncProposer):
         c = self.das_config
         host_len = np.asarray(self.runner.input_batch.num_tokens_no_spec[:n], dtype=np.int64)
         gen = host_len - self._row_prompt + self._row_offset
-        cls = self._row_base_class.copy()
-        cls = np.where(gen > c.promote_medium_tokens, np.maximum(cls, 1), cls)
-        cls = np.where(gen > c.promote_long_tokens, 2, cls)
+        # the length policy of DASSpeculator.class_of (policy/promotion.py), vectorized over rows
+        floor = tail_floor(c) if n <= c.promotion.tail_running else 0
+        cls = np.asarray(promoted_rank(self._row_base_class, gen, self._row_medium_at, self._row_long_at,
+                                       self._row_problem_at, floor), dtype=np.int64)
         if self.pads and c.fill_padded_drafts:
             fb = c.fill_budget
             budget, factor = np.full(n, fb.tokens), np.full(n, fb.factor, np.float32)
@@ -386,14 +399,16 @@ class DASDeviceProposer(DASAsyncProposer):
         responses = [snap.tokens[snap.offsets[i] : snap.offsets[i + 1]] for i in range(snap.num_rollouts)]
         pids = [snap.problem_ids[int(j)] for j in snap.problem_index]
         out = self.device_drafter.load_history(responses, pids, snap.steps)
+        lengths: dict[str, list[int]] = {}
+        for pid, r in zip(pids, responses):
+            lengths.setdefault(pid, []).append(len(r))
+        q = self.das_config.promotion.history_quantile
+        spec.problem_promote_at = {p: problem_threshold(v, q) for p, v in lengths.items()}
         if classes is not None:
             spec.classes = {p: LengthClass(v) for p, v in classes.items()}
         else:
             from ...policy import assign_length_classes
 
-            lengths: dict[str, list[int]] = {}
-            for pid, r in zip(pids, responses):
-                lengths.setdefault(pid, []).append(len(r))
             c = self.das_config
             spec.classes = assign_length_classes(list(lengths), lengths, c.long_ratio, c.medium_ratio,
                                                  c.unknown_class)
