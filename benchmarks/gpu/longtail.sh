@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call of the long-tail rollout benchmark (docs/gpu.md, "The long-tail run"):
 #   bash benchmarks/gpu/longtail.sh MODE [EXTRA engine_rollouts.py ARGS...]
-# runs MODE (nospec, nospec_sync, ngram, suffix, das_flat, das, das_async) of one fixed workload and writes
-# $OUT/lt-MODE.json (+ .png, and log). Every call of a session must use the same LT_* values
+# runs MODE[,MODE...] (any of engine_rollouts.py --modes: nospec, nospec_sync, das_async, das_gpu, ...) of one fixed workload and writes
+# $OUT/$LT_TAG-MODES.json (+ .png, and log). Every call of a session must use the same LT_* values
 # so that `engine_rollouts.py --merge` accepts the files. Run on the GPU machine after the
 # bring-up (benchmarks/gpu/install.sh ready). Env (defaults):
 #   LT_MODEL=qwen2.5-coder-1.5b-instruct  LT_PROBLEMS=16  LT_SAMPLES=8  LT_EPOCHS=4
