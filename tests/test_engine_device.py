@@ -207,6 +207,7 @@ def test_circuit_breaker_stops_drafting_after_consecutive_faults(engine, problem
         raise RuntimeError("injected persistent device drafter fault")
 
     monkeypatch.setattr(drafter.device_drafter, "propose", broken)
+    drafter.consecutive_faults = 0  # an earlier test's last step may have been a fault
     das_stats(engine, reset=True)
     try:
         outs = _generate(engine, prompts[:48], _params(), pids[:48])

@@ -40,7 +40,9 @@ N = 24
 MAX_TOKENS = 64
 PIDS = [f"p{i}" for i in range(N)]
 # 24 requests: the default gate allows drafting; "long" metadata gives every request budget 4.
-CONFIG = DASConfig()
+# Promotion off (no tail rule, no history quantile): the padded run's "short" requests must draft
+# only through fill_padded_drafts, which by_class["short"] shows only while they stay short.
+CONFIG = DASConfig.from_dict({"promotion": {"tail_running": 0, "history_quantile": None}})
 TOL = 1e-4  # float32 engine; observed differences are ~1e-6 or exactly 0
 
 
