@@ -27,6 +27,7 @@ PROBLEM_TREE_ONLY = DASConfig().with_overrides({
     "use_request_tree": False,
     "use_global_tree": False,
     "use_siblings": False,
+    "shared_own_text": False,  # only the problem's past responses: no own text in its tree either
 })
 
 
