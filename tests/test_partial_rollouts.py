@@ -253,12 +253,16 @@ def test_resumed_request_promotes_at_total_length_in_engine(engine):
 
     llm = engine.llm
     spec = inproc_drafter(llm).speculator
-    llm.collective_rpc("das_update_config", args=({"promote_medium_tokens": 12, "promote_long_tokens": 1000},))
+    # absolute thresholds only (no run limit, no problem quantile, no tail rule): the class then
+    # depends on the generated length alone, which is what the offset must carry
+    llm.collective_rpc("das_update_config", args=({"promote_medium_tokens": 12, "promote_long_tokens": 1000,
+                                                   "promotion.tail_running": 0,
+                                                   "promotion.history_quantile": None},))
     first: dict[str, tuple[int, int, LengthClass]] = {}
     orig = spec.class_of
 
-    def spy(req):
-        c = orig(req)
+    def spy(req, *args, **kwargs):
+        c = orig(req, *args, **kwargs)
         first.setdefault(req.request_id, (req.generated, req.generated_offset, c))
         return c
 
@@ -274,7 +278,10 @@ def test_resumed_request_promotes_at_total_length_in_engine(engine):
     finally:
         spec.__dict__.pop("class_of", None)
         llm.collective_rpc("das_update_config", args=({"promote_medium_tokens": CONFIG.promote_medium_tokens,
-                                                        "promote_long_tokens": CONFIG.promote_long_tokens},))
+                                                        "promote_long_tokens": CONFIG.promote_long_tokens,
+                                                        "promotion.tail_running": CONFIG.promotion.tail_running,
+                                                        "promotion.history_quantile":
+                                                            CONFIG.promotion.history_quantile},))
     assert len(first) == 4
     for generated, offset, c in first.values():
         assert offset in offsets and generated >= offset > 12
