@@ -43,6 +43,9 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=151936)
     p.add_argument("--sources", default="own,problem,global")
+    p.add_argument("--max-occurrences", type=int, default=64)
+    p.add_argument("--num-backoff", type=int, default=4)
+    p.add_argument("--live-capacity", type=int, default=1 << 16, help="device_drafter.live_capacity (its delta is scanned whole)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     dev = torch.device(args.device)
@@ -52,7 +55,8 @@ def main() -> None:
     src = set(args.sources.split(","))
     settings = DeviceDrafterSettings(k=args.k, vocab_size=args.vocab_size, use_own="own" in src,
                                      use_problem="problem" in src, use_global="global" in src,
-                                     history_capacity=1 << 21)
+                                     history_capacity=1 << 21, max_occurrences=args.max_occurrences,
+                                     num_backoff=args.num_backoff, live_capacity=args.live_capacity)
     drafter = DeviceDrafter(settings, dev)
     t0 = time.perf_counter()
     loaded = drafter.load_history([s.response for s in hist], [s.problem_id for s in hist], [0] * len(hist))

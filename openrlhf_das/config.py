@@ -172,6 +172,14 @@ class DeviceDrafterConfig(_Strict):
     """A row's sibling text is appended once it has this many new tokens."""
     cuda_graphs: bool = True
     """Replay the drafting step from CUDA graphs (one per batch-size bucket) on CUDA devices."""
+    global_index: bool = False
+    """Also draft from a device index of the whole history with plain token ids (the global
+    source; only with ``use_global_tree``). Off by default: the problem-keyed index already
+    holds the same responses, and the second index nearly doubles the drafting step's device
+    work. Replay of the 16 longest epoch-1 requests of the real 1.5B trace
+    (``benchmarks/device_replay.py``, k = 4, 2-core CPU): 2.369 tokens per verify step with it,
+    2.332 without (-1.6 %), and more without it past 1,536 tokens (2.813 vs 2.767), where the
+    batch gate lets requests draft."""
 
 
 class DASConfig(_Strict):

@@ -94,7 +94,7 @@ class DASDeviceProposer(DASAsyncProposer):
             max_occurrences=dc.max_occurrences, num_backoff=dc.num_backoff, min_token_prob=c.min_token_prob,
             max_spec_offset=c.max_spec_offset, history_capacity=dc.history_capacity,
             live_capacity=dc.live_capacity, use_own=c.use_request_tree, use_problem=c.use_problem_tree,
-            use_global=c.use_global_tree), device)
+            use_global=c.use_global_tree and dc.global_index), device)
         m, k, dev = self.max_num_seqs, self.k, device
         i64 = dict(dtype=torch.int64, device=dev)
         # step inputs (rows of the current batch; rows past it are neutralised: count 0)
@@ -141,7 +141,8 @@ class DASDeviceProposer(DASAsyncProposer):
         self.gated_host_seconds = 0.0  # the part of it spent in gated steps
         self.live_appends = 0
         logger.info("DAS device drafter active (k=%d, sources own=%s problem=%s global=%s, graphs=%s)", k,
-                    c.use_request_tree, c.use_problem_tree, c.use_global_tree, self._graphs.enabled)
+                    c.use_request_tree, c.use_problem_tree, c.use_global_tree and dc.global_index,
+                    self._graphs.enabled)
 
     # ------------------------------------------------------------------ device steps (graph bodies)
     def _append_step(self, b: int) -> None:
