@@ -194,7 +194,7 @@ def run_child(args) -> None:
     if bind:  # read when the engine starts its workers, after this
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
 
-    from openrlhf_das.engines.vllm.epochs import run_epochs
+    from epochs import run_epochs  # benchmarks/epochs.py (this folder)
 
     if Path(args.model).is_dir():
         model = args.model
@@ -235,7 +235,7 @@ def run_child(args) -> None:
 
 def load_problems(args, model: str) -> list:
     """Chat-formatted, tokenized problems from ``--prompts-file`` or the shipped ``--dataset``."""
-    from openrlhf_das.engines.vllm.epochs import Problem
+    from epochs import Problem  # benchmarks/epochs.py (this folder)
 
     if args.prompts_file:
         data = json.loads(Path(args.prompts_file).read_text())
@@ -362,7 +362,7 @@ def _all_agree(flags: list[bool | None]) -> bool | None:
 def merge_engines(results: list[dict]) -> dict:
     """Data-parallel engines → one result: per epoch the slowest engine's seconds, summed tokens,
     requests and DAS stats; finish times merged. Per-engine results kept under ``engines``."""
-    from openrlhf_das.reports.aggregate import merge_engine_stats
+    from openrlhf_das.ray.aggregate import merge_engine_stats
 
     bad = [r for r in results if "error" in r]
     if bad:

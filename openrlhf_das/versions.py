@@ -38,6 +38,18 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
+if __package__:
+    from .switches import switch
+else:  # loaded by path (benchmarks/gpu/gpu_compat.py at interpreter start): its sibling alike
+    import importlib.util as _util
+
+    if "_openrlhf_das_switches" not in sys.modules:
+        _spec = _util.spec_from_file_location("_openrlhf_das_switches",
+                                              os.path.join(os.path.dirname(__file__), "switches.py"))
+        sys.modules["_openrlhf_das_switches"] = _util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules["_openrlhf_das_switches"])
+    switch = sys.modules["_openrlhf_das_switches"].switch
+
 logger = logging.getLogger("openrlhf_das.versions")
 
 TESTED: dict[str, tuple[str, ...]] = {
@@ -114,7 +126,7 @@ def untested(component: str) -> str | None:
 
 
 def _allow_untested() -> bool:
-    return os.environ.get(ALLOW_UNTESTED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return switch(os.environ.get(ALLOW_UNTESTED_ENV)) is True
 
 
 def require(component: str, what: str) -> None:
@@ -253,7 +265,6 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
      "optional_patch"),
     ("engines/vllm/async_proposer.py", "GPUModelRunner._update_states, _num_valid_draft_tokens_cpu",
      "core for async_scheduling", "versions.core_patch(install) + require_attrs in the constructor (engine start)"),
-    ("engines/vllm/partial.py", "LLMEngine.set_weight_version", "optional", "getattr + counted, logged failures"),
     ("integrations/openrlhf/patches.py", "prompts_dataset.preprocess_data", "optional 'openrlhf.problem_ids'",
      "optional_patch"),
     ("integrations/openrlhf/patches.py", "vllm_engine.create_vllm_engines (+ trainer.ray re-export)", "core",
@@ -266,7 +277,7 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
      "core", "actor_class() raises UnsupportedVersionError at import; require_attrs before the swap"),
     ("integrations/openrlhf/rollout_only.py", "create_vllm_engines args, PPOTrainer class body / train_step",
      "core", "arguments bound by name (signature check at start), actor_class()"),
-    ("integrations/openrlhf/gpu_compat.py", "deepspeed_utils.get_train_ds_config, EngineArgs.__post_init__",
+    ("../benchmarks/gpu/gpu_compat.py (bring-up, outside the package)", "deepspeed_utils.get_train_ds_config, EngineArgs.__post_init__",
      "optional 'gpu_compat.*'", "tested-version check + per-target try (never breaks the hooked import)"),
 )
 """Every patch site, what it patches, its kind and guard (docs and the closing note of issue 23)."""

@@ -1,6 +1,7 @@
-"""openrlhf_das.integrations.openrlhf.gpu_compat: the decisions (pure functions), the patches on
-the real OpenRLHF / vLLM / DeepSpeed modules of this venv (in fresh interpreters, so the test
-process keeps unpatched classes), and the sitecustomize that carries them into new processes."""
+"""benchmarks/gpu/gpu_compat.py (GPU bring-up shims, outside the package): the decisions (pure
+functions), the patches on the real OpenRLHF / vLLM / DeepSpeed modules of this venv (in fresh
+interpreters, so the test process keeps unpatched classes), and the sitecustomize that carries
+them into new processes."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_das.integrations.openrlhf import gpu_compat as gc
-
 ROOT = Path(__file__).resolve().parents[1]
+GPU_DIR = ROOT / "benchmarks" / "gpu"
+sys.path.insert(0, str(GPU_DIR))
+
+import gpu_compat as gc  # noqa: E402
 
 
 def _nvcc_dir(tmp_path: Path) -> Path:
@@ -126,7 +129,7 @@ def test_apply_propagates_the_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     gc.apply()  # idempotent
     assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/somewhere", gc.SITE_DIR]
     assert sum(f is gc._HOOK for f in sys.meta_path) == 1
-    assert (Path(gc.SITE_DIR) / "sitecustomize.py").is_file() and (Path(gc.SITE_DIR) / "__init__.py").is_file()
+    assert (Path(gc.SITE_DIR) / "sitecustomize.py").is_file()
 
 
 # ---------------------------------------------------------------------- real modules, new processes
@@ -135,7 +138,7 @@ def _run(code: str, extra_env: dict[str, str], timeout: int = 300) -> dict:
     every process of a run has it); the code prints one JSON line last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRLHF_DAS_")}
     env.update(extra_env)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), gc.SITE_DIR])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(GPU_DIR), gc.SITE_DIR])
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -199,7 +202,7 @@ def test_deepspeed_uses_torch_adamw_with_the_flag() -> None:
                           WORLD_SIZE="1", LOCAL_RANK="0")
         import torch, deepspeed, deepspeed.comm.torch
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None  # CPU-only comm op: a C++ JIT build
-        from openrlhf_das.integrations.openrlhf.gpu_compat import with_torch_adam
+        from gpu_compat import with_torch_adam
         cfg = {"train_micro_batch_size_per_gpu": 2, "train_batch_size": 2, "gradient_clipping": 1.0,
                "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "none"}}, "bf16": {"enabled": False},
                "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0}}}

@@ -64,3 +64,89 @@ def test_device_drafter_imports_no_engine_or_cluster() -> None:
     loaded = _loaded_top_level_modules(["openrlhf_das.device"])
     assert {"openrlhf_das", "torch", "suffix_gpu"} <= loaded
     assert loaded & {"vllm", "ray", "openrlhf"} == set()
+
+
+# ---------------------------------------------------------------------- product vs scaffolding
+# Static checks (every ``import`` statement, including those inside functions, of every module in
+# the package): what a fresh-interpreter probe cannot see because a lazy import never ran.
+PACKAGE = ROOT / "openrlhf_das"
+SCAFFOLDING_DIRS = [ROOT / "benchmarks", ROOT / "benchmarks" / "gpu", ROOT / "tests", ROOT / "scripts"]
+BRINGUP_FILES = {"sitecustomize.py", "gpu_compat.py"}
+"""File names of GPU bring-up hooks: they live in ``benchmarks/gpu`` (issue 23)."""
+BENCHMARK_DRIVERS = {"epochs.py": "benchmarks/epochs.py"}
+"""Benchmark drivers that were once in the package, and where they live now."""
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute module names imported by ``path`` (relative imports resolved against its package)."""
+    import ast
+
+    rel = path.relative_to(ROOT).with_suffix("")
+    package = list(rel.parts[:-1])  # a module's package; for an __init__, the package itself
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                names += [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+            else:
+                names.append(node.module or "")
+    return names
+
+
+def _package_modules(under: Path = PACKAGE) -> list[Path]:
+    return sorted(p for p in under.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _scaffolding_module_names() -> set[str]:
+    """Top-level names a script folder puts on ``sys.path`` (``import engine_rollouts``)."""
+    names = {"benchmarks", "tests", "tools", "scripts"}
+    for d in SCAFFOLDING_DIRS:
+        names |= {p.stem for p in d.glob("*.py")}
+    return names - {"__init__"}
+
+
+def test_imports_helper_resolves_relative_imports() -> None:
+    """The static checks below are able to fail: a relative import is seen with its full name."""
+    mods = _imports(PACKAGE / "reports" / "render.py")
+    assert "openrlhf_das.ray.run_dir" in mods and "openrlhf_das.ray.scalars" in mods
+
+
+def test_ray_layer_does_not_import_reports() -> None:
+    """The Ray layer records steps (``ray/run_dir.py``, ``ray/aggregate.py``, ``ray/scalars.py``);
+    reports read them. No arrow from ``openrlhf_das.ray`` up to ``openrlhf_das.reports``."""
+    upward = {str(p.relative_to(ROOT)): m for p in _package_modules(PACKAGE / "ray") for m in _imports(p)
+              if m == "openrlhf_das.reports" or m.startswith("openrlhf_das.reports.")}
+    assert upward == {}
+
+
+def test_product_does_not_import_scaffolding() -> None:
+    """No package module imports benchmarks, tests, tools or a script folder's module (the names
+    ``benchmarks/`` and ``benchmarks/gpu/`` put on ``sys.path``: ``epochs``, ``gpu_compat``...)."""
+    forbidden = _scaffolding_module_names()
+    assert {"epochs", "gpu_compat", "engine_rollouts", "ray_fixtures"} <= forbidden  # the check can fail
+    bad = {str(p.relative_to(ROOT)): m for p in _package_modules() for m in _imports(p)
+           if m.split(".")[0] in forbidden}
+    assert bad == {}
+
+
+def test_no_bringup_or_benchmark_modules_in_the_package() -> None:
+    """GPU bring-up hooks (a ``sitecustomize`` injected through ``PYTHONPATH``, ``gpu_compat``)
+    and benchmark drivers live in ``benchmarks/``; the package holds one partial-rollout
+    implementation, the one ``--das.partial_rollout`` runs (``integrations/openrlhf/partial.py``)."""
+    files = _package_modules()
+    assert [p for p in files if p.name in BRINGUP_FILES] == []
+    assert [p for p in files if p.name in BENCHMARK_DRIVERS] == []
+    for name, where in BENCHMARK_DRIVERS.items():
+        assert (ROOT / where).is_file(), where
+    assert (ROOT / "benchmarks" / "gpu" / "gpu_compat.py").is_file()
+    assert (ROOT / "benchmarks" / "gpu" / "gpu_compat_site" / "sitecustomize.py").is_file()
+    partial = [str(p.relative_to(PACKAGE)) for p in files if p.stem == "partial"]
+    assert partial == ["integrations/openrlhf/partial.py"]
+    # nothing in the engine adapter drives an engine itself (that is a benchmark's or a trainer's job)
+    drivers = [str(p.relative_to(ROOT)) for p in _package_modules(PACKAGE / "engines")
+               if "llm_engine.step(" in p.read_text() or ".llm_engine.add_request(" in p.read_text()]
+    assert drivers == []

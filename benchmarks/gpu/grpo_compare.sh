@@ -74,7 +74,7 @@ export OPENRLHF_DAS_TORCH_ADAM=${OPENRLHF_DAS_TORCH_ADAM:-1}
 engine_args='{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'
 [ "$ASYNC" = 1 ] || engine_args+=', "async_scheduling": false'
 export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-"$engine_args}"}
-export PYTHONPATH="$REPO:$PYTHONPATH:$REPO/openrlhf_das/integrations/openrlhf/gpu_compat_site"
+export PYTHONPATH="$REPO:$PYTHONPATH:$REPO/benchmarks/gpu/gpu_compat_site"
 export RAY_DEDUP_LOGS=0 RAY_USAGE_STATS_ENABLED=0
 
 REWARD=$(cd "$REPO" && "$PY" -m openrlhf_das.integrations.openrlhf.reward_funcs math) || REWARD=$REPO/openrlhf_das/integrations/openrlhf/reward_funcs/math_reward_func.py

@@ -151,11 +151,12 @@ stage_train() {  # after deps: installs into the same $SITE
     took "compileall (train)" "$t"; t=$(ts)
     # The import check runs as training does: flash-attn shim (openrlhf.models imports two of
     # flash_attn's helpers) + gpu_compat, as openrlhf_das.cli.train sets them up.
-    OPENRLHF_DAS_TORCH_ADAM="${OPENRLHF_DAS_TORCH_ADAM:-1}" "$PY" - <<'PYEOF' || die "train import check failed"
-import importlib.metadata as md, os, time
+    OPENRLHF_DAS_TORCH_ADAM="${OPENRLHF_DAS_TORCH_ADAM:-1}" GPU_COMPAT_DIR="$HERE" "$PY" - <<'PYEOF' || die "train import check failed"
+import importlib.metadata as md, os, sys, time
 t = time.time()
 from openrlhf_das.integrations.openrlhf.flash_attn_shim import ensure_flash_attn
-from openrlhf_das.integrations.openrlhf import gpu_compat
+sys.path.insert(0, os.environ["GPU_COMPAT_DIR"])  # benchmarks/gpu (or its copy in $DW/bin)
+import gpu_compat
 print("[install] flash-attn shim in use:", ensure_flash_attn(), "| gpu_compat:", gpu_compat.apply())
 import distutils.ccompiler  # DeepSpeed's op builder imports it (Python 3.12: setuptools' shim)
 import ray, deepspeed, datasets, torchdata, math_verify
@@ -213,7 +214,7 @@ case "$mode" in
         # the repository folder too, so the stage must not run in it either (pip's os.getcwd()
         # then raises FileNotFoundError): it runs in its own folder, $DW/bin
         mkdir -p "$DW/bin"
-        cp "$HERE"/{install.sh,env.sh,verify.py,materialize.py,smoke.py,wheels.lock} "$DW/bin/"
+        cp "$HERE"/{install.sh,env.sh,verify.py,materialize.py,smoke.py,gpu_compat.py,wheels.lock} "$DW/bin/"
         rm -f "$DW/deps.done" "$DW/deps.failed"
         cd "$DW/bin" || die "cannot cd into $DW/bin"
         setsid nohup bash -c "bash '$DW/bin/install.sh' deps > '$DW/deps.log' 2>&1 && touch '$DW/deps.done' || touch '$DW/deps.failed'" \

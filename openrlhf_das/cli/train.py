@@ -48,13 +48,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .. import versions
+from .. import switches, versions
 from ..config import DASConfig, DASConfigError
 from ..integrations.openrlhf.settings import IntegrationSettings
 
 PROG = "openrlhf-das-train"
-_ON = {"on", "true", "1", "yes"}
-_OFF = {"off", "false", "0", "no"}
 _STRING_KEYS = {"run_dir", "history_actor_name"}
 DEFAULT_CKPT_PATH = "./ckpt/checkpoints_ppo_ray"  # OpenRLHF's --ckpt.path default
 
@@ -101,14 +99,14 @@ def split_argv(argv: Sequence[str]) -> DASArgs:
         if tok == "--das" or tok.startswith("--das="):
             if "=" in tok:
                 word = tok.split("=", 1)[1].lower()
-            elif i + 1 < len(tokens) and tokens[i + 1].lower() in _ON | _OFF:
+            elif i + 1 < len(tokens) and switches.switch(tokens[i + 1]) is not None:
                 i += 1
                 word = tokens[i].lower()
             else:
                 word = "on"
-            if word not in _ON | _OFF:
+            if switches.switch(word) is None:
                 raise UsageError(f"--das takes on/off (got {word!r})")
-            out.enabled = word in _ON
+            out.enabled = switches.switch(word)
         elif tok == "--rollout-only":
             out.rollout_only = True
         elif tok.startswith("--das."):

@@ -44,9 +44,9 @@ import ray
 
 from ..config import DASConfig
 from ..policy import assign_length_classes
-from ..reports.aggregate import merge_acceptance, merge_engine_stats
-from ..reports.run_dir import RunRecorder, iter_records
-from ..reports.scalars import step_scalars
+from .aggregate import merge_acceptance, merge_engine_stats
+from .run_dir import RunRecorder, iter_records
+from .scalars import step_scalars
 from .history_store import HistoryStore
 from .persistence import CheckpointError, load_checkpoint, save_checkpoint
 from .rollouts import FinishedRollout, coerce_rollouts

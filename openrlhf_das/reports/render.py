@@ -4,7 +4,7 @@ and TensorBoard scalars under ``das/...`` (optionally the same scalars to a W&B 
 Statistics follow :mod:`openrlhf_das.policy.acceptance`: ``acceptance_rate = accepted /
 drafted``, ``accepted_per_step = accepted / verify_steps`` (accepted draft tokens per verify
 step; tokens per verify step = that + 1). Sums over engines and steps are of counts, never of
-rates (:mod:`openrlhf_das.reports.aggregate`). Steps are grouped into at most ``max_lines``
+rates (:mod:`openrlhf_das.ray.aggregate`). Steps are grouped into at most ``max_lines``
 step ranges for the plot. Records whose ``rollout_seconds`` is null (unknown) are left out of
 time totals and the time plot.
 
@@ -16,7 +16,7 @@ Outputs (in ``out_dir``, default the run directory):
 * ``acceptance.png``: acceptance rate and accepted tokens per verify step vs response-length
   bucket (one line per step range), rollout time per step per mode (and the drafter's CPU
   time, where recorded);
-* ``tensorboard/<mode>/``: the scalars of :func:`openrlhf_das.reports.scalars.step_scalars`.
+* ``tensorboard/<mode>/``: the scalars of :func:`openrlhf_das.ray.scalars.step_scalars`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .aggregate import counts_of, merge_acceptance
-from .run_dir import load_run
-from .scalars import step_scalars
+from ..ray.aggregate import counts_of, merge_acceptance
+from ..ray.run_dir import load_run
+from ..ray.scalars import step_scalars
 
 CSV_NAME, JSON_NAME, PNG_NAME = "acceptance_by_bucket.csv", "report.json", "acceptance.png"
 

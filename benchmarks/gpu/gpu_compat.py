@@ -1,6 +1,8 @@
 """Compatibility shims for OpenRLHF 0.11.2 on the GPU bring-up stack (vLLM 0.26.0, DeepSpeed
 0.19.6 built without ops, an image without the CUDA toolkit). Stdlib only; importing it changes
-nothing. See docs/gpu.md, "Training stack".
+nothing. See docs/gpu.md, "Training stack". Bring-up scaffolding, not part of the
+``openrlhf_das`` package (issue 23): import it with ``benchmarks/gpu`` on ``sys.path``
+(``import gpu_compat``), or put ``benchmarks/gpu/gpu_compat_site`` on ``PYTHONPATH``.
 
 What it changes, each only when its switch says so, and the same way in every process of a run
 (driver, Ray actors, vLLM engine processes), so a DAS-on and a DAS-off run get the same shims:
@@ -46,9 +48,9 @@ it loads this file by path (no package imports) and calls :func:`apply`, then ru
 driver starts (``benchmarks/gpu/grpo_compare.sh`` does) is the same as calling :func:`apply`
 first thing in the driver.
 
-Where to call it: ``openrlhf_das.cli.train.main`` next to ``ensure_flash_attn()``, before the
-DAS/no-DAS branch (both arms): ``gpu_compat.apply()``. Nothing else is needed; the Ray worker
-setup hook (``patches.apply``) need not call it, because the sitecustomize reaches every worker.
+How the GPU scripts use it: ``benchmarks/gpu/grpo_compare.sh`` puts :data:`SITE_DIR` on
+``PYTHONPATH`` before the driver starts (both arms, every process); ``benchmarks/gpu/install.sh``
+imports it for its import check. The product (``openrlhf_das.cli.train``) never imports it.
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ import sys
 import threading
 from typing import Any, Callable, Mapping
 
-if __package__:
-    from ... import versions
-    from .post_import import PostImportHook
-else:  # loaded by path from gpu_compat_site/sitecustomize.py: no package, load the siblings alike
+if __name__ != "_openrlhf_das_gpu_compat":
+    from openrlhf_das import versions
+    from openrlhf_das.integrations.openrlhf.post_import import PostImportHook
+    from openrlhf_das.switches import switch
+else:  # loaded by path from gpu_compat_site/sitecustomize.py at interpreter start: load the two
+    # stdlib-only product modules it needs by path too, so no package ``__init__`` runs there
 
     def _load(name: str, path: str) -> Any:
         if name in sys.modules:
@@ -77,9 +81,14 @@ else:  # loaded by path from gpu_compat_site/sitecustomize.py: no package, load 
         spec.loader.exec_module(module)
         return module
 
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    PostImportHook = _load("_openrlhf_das_post_import", os.path.join(_HERE, "post_import.py")).PostImportHook
-    versions = _load("_openrlhf_das_versions", os.path.join(_HERE, "..", "..", "versions.py"))
+    _pkg = importlib.util.find_spec("openrlhf_das")  # a top-level find_spec runs no __init__
+    if _pkg is None or not _pkg.submodule_search_locations:
+        raise ImportError("gpu_compat: openrlhf_das is not importable (put the repository on PYTHONPATH)")
+    _ROOT = list(_pkg.submodule_search_locations)[0]
+    PostImportHook = _load("_openrlhf_das_post_import",
+                           os.path.join(_ROOT, "integrations", "openrlhf", "post_import.py")).PostImportHook
+    versions = _load("_openrlhf_das_versions", os.path.join(_ROOT, "versions.py"))
+    switch = _load("_openrlhf_das_switches", os.path.join(_ROOT, "switches.py")).switch
 
 logger = logging.getLogger("openrlhf_das.gpu_compat")
 
@@ -88,8 +97,6 @@ ENGINE_ARGS_ENV = "OPENRLHF_DAS_VLLM_ENGINE_ARGS"
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_compat_site")
 """Folder with the ``sitecustomize.py`` that applies these shims in every new process."""
 
-_ON = {"1", "true", "yes", "on"}
-_OFF = {"0", "false", "no", "off"}
 _MARK = "__gpu_compat_patched__"
 _lock = threading.RLock()
 _said: set[str] = set()
@@ -118,10 +125,9 @@ def torch_adam_enabled(environ: Mapping[str, str] | None = None) -> bool:
     (on when :func:`find_nvcc` finds nothing)."""
     env = os.environ if environ is None else environ
     value = env.get(TORCH_ADAM_ENV, "auto").strip().lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
+    on = switch(value)
+    if on is not None:
+        return on
     if value not in ("", "auto"):
         raise ValueError(f"{TORCH_ADAM_ENV}={value!r}: use 1, 0 or auto")
     return find_nvcc(env) is None

@@ -1,4 +1,4 @@
-"""Applies ``openrlhf_das.integrations.openrlhf.gpu_compat`` at the start of every Python process
+"""Applies ``benchmarks/gpu/gpu_compat.py`` at the start of every Python process
 whose ``sys.path`` holds this folder (``gpu_compat.apply()`` appends it to ``PYTHONPATH``).
 
 gpu_compat.py is loaded by its path under a private module name, so no package ``__init__`` (and

@@ -1,10 +1,10 @@
-"""Repeated-epoch rollouts through one vLLM engine, the way an RL job produces them.
+"""Repeated-epoch rollouts through one vLLM engine, the way an RL job produces them (a benchmark
+driver: not part of the ``openrlhf_das`` package; import it with ``benchmarks/`` on ``sys.path``).
 
 Each epoch submits every problem × sample request at once (a synchronous RL step), waits for
 the last one, and — for a DAS engine — ships the finished responses of the last ``window``
 epochs to the engine as a history snapshot before the next epoch, exactly as the Ray history
-actor does between steps. Used by ``benchmarks/engine_rollouts.py`` and
-``benchmarks/partial_rollouts.py``.
+actor does between steps. Used by ``benchmarks/engine_rollouts.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...drafter import HistorySnapshot, Rollout
-from .factory import with_das_metadata
+from openrlhf_das.drafter import HistorySnapshot, Rollout
+from openrlhf_das.engines.vllm.factory import with_das_metadata
 
 
 @dataclass(frozen=True)
