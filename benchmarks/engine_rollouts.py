@@ -135,7 +135,7 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
     (1 + k with speculation): vLLM 0.26's default stops at 512 tokens, so a padded DAS step of
     more than 100 requests (k = 4) ran eager while no-speculation steps of up to 512 replayed
     graphs."""
-    from openrlhf_das.engines.vllm import engine_kwargs, export_config
+    from openrlhf_das.engines.vllm import engine_kwargs
 
     kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
     if tensor_parallel > 1:
@@ -152,7 +152,6 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
                 cc["max_cudagraph_capture_size"] = widest
         kw.update(gpu_memory_utilization=args.gpu_memory_utilization, compilation_config=cc,
                   enforce_eager=args.cudagraph_mode == "NONE")
-    export_config(None)
     if mode == "nospec_sync":
         kw["async_scheduling"] = False
     elif mode == "ngram":

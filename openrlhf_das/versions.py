@@ -252,6 +252,10 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
     ("engines/vllm/plugin.py", "suffix_decoding.SuffixDecodingProposer -> DASProposer (+ runner module)",
      "core", "untested vLLM or missing name: no DAS patch; stock subclasses that raise at engine start when a "
      "DAS config is set (stock engines unaffected)"),
+    ("engines/vllm/runner_ref.py", "GPUModelRunner.__init__ (hands the runner under construction to the suffix "
+     "proposer; wrapped right after vLLM imports the runner module)", "core",
+     "core_patch at the module's import, never raising into it; a DAS proposer without its runner raises at "
+     "engine start"),
     ("engines/vllm/plugin.py", "ngram_proposer_gpu.NgramProposerGPU -> DASAsyncProposer",
      "optional 'async_proposer'", "optional_patch"),
     ("engines/vllm/compat.py", "SuffixDecodingProposer.propose signature", "core",

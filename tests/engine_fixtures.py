@@ -7,14 +7,13 @@ Engines:
 
 * :func:`start_llm` / :func:`running_llm` build ``vllm.LLM`` with CPU-friendly defaults
   (``enforce_eager``, float32, 1 GiB KV cache) and the DAS settings of
-  :func:`openrlhf_das.engines.vllm.engine_kwargs`. The DAS config is exported into the
-  environment only while the engine starts (engine processes read it then), so engines of one
-  test file do not leak their config into the next.
+  :func:`openrlhf_das.engines.vllm.engine_kwargs` (the DAS config travels in the engine's
+  ``additional_config``; nothing of it is left in the environment).
 * ``in_process=True`` runs the engine core and the worker inside the test process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``distributed_executor_backend="uni"``): starts in
   ~2 s instead of ~20-30 s, and lets a test monkeypatch the drafter or read the scheduler.
   ``in_process=False`` is the production path (spawned engine-core and worker processes that
-  load the plugin themselves and read the DAS config from the inherited environment).
+  load the plugin themselves and get the DAS config with the engine's config).
 * ``async_cpu=True`` (in-process only) keeps vLLM's async scheduling, which the CPU platform
   switches off (``vllm/platforms/cpu.py``); see ``cpu_async.cpu_async_scheduling``.
 * vLLM caches its environment variables once an engine core is up
@@ -48,7 +47,7 @@ from cpu_async import cpu_async_scheduling
 from openrlhf_das.config import DASConfig
 from openrlhf_das.drafter import HistorySnapshot, Rollout
 
-_ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING", "OPENRLHF_DAS_CONFIG")
+_ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")
 _TMP: list[str] = []
 _TINY: dict[tuple, Path] = {}
 
@@ -108,15 +107,12 @@ def random_prompts(n: int, length: int, vocab_size: int, seed: int) -> list[list
 
 # ---------------------------------------------------------------------------------- engines
 @contextmanager
-def _engine_env(das: DASConfig | None, in_process: bool, kv_cache_gib: int) -> Iterator[None]:
+def _engine_env(in_process: bool, kv_cache_gib: int) -> Iterator[None]:
     import vllm.envs
-
-    from openrlhf_das.engines.vllm import export_config
 
     saved = {k: os.environ.get(k) for k in _ENV_KEYS}
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
-    export_config(das)
     vllm.envs.disable_envs_cache()
     try:
         yield
@@ -163,7 +159,7 @@ def start_llm(
             args["async_scheduling"] = True
     args.update(kwargs)
     patches = nullcontext() if async_cpu is None else cpu_async_scheduling(keep_async=async_cpu)
-    with _engine_env(das, in_process, kv_cache_gib), patches:
+    with _engine_env(in_process, kv_cache_gib), patches:
         if das is not None:
             args.update(engine_kwargs(das))
         elif stock_suffix is not None:
@@ -181,7 +177,7 @@ def start_async_llm(model: str, *, das: DASConfig | None = None, kv_cache_gib: i
 
     args: dict[str, Any] = dict(enforce_eager=True, dtype="float32", max_model_len=1024, seed=0)
     args.update(kwargs)
-    with _engine_env(das, False, kv_cache_gib):
+    with _engine_env(False, kv_cache_gib):
         if das is not None:
             args.update(engine_kwargs(das))
         return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **args))

@@ -93,13 +93,9 @@ class VLLMEngine:
         from vllm import LLM
 
         from openrlhf_das.config import DASConfig
-        from openrlhf_das.engines.vllm import engine_kwargs, export_config
+        from openrlhf_das.engines.vllm import engine_kwargs
 
-        das = {}
-        if das_config is None:
-            export_config(None)
-        else:
-            das = engine_kwargs(DASConfig.from_dict(das_config))
+        das = {} if das_config is None else engine_kwargs(DASConfig.from_dict(das_config))
         self.llm = LLM(
             model=model_path,
             skip_tokenizer_init=True,

@@ -9,8 +9,8 @@ import pytest
 from vllm import SamplingParams
 
 from openrlhf_das.config import DASConfig
-from openrlhf_das.engines.vllm import engine_kwargs, export_config, speculative_config, with_das_metadata
-from openrlhf_das.engines.vllm.proposer import DAS_CONFIG_ENV, config_from_env
+from openrlhf_das.engines.vllm import engine_kwargs, speculative_config, with_das_metadata
+from openrlhf_das.integrations.openrlhf.settings import DAS_CONFIG_ENV
 
 
 def test_speculative_config_uses_largest_budget_and_no_stock_cache() -> None:
@@ -27,15 +27,18 @@ def test_async_scheduling_selects_the_gpu_contract_method() -> None:
     assert spec == {"method": "ngram_gpu", "num_speculative_tokens": 6}
 
 
-def test_engine_kwargs_exports_config_and_cuda_graph_mode_pads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_kwargs_carry_config_in_additional_config_and_cuda_graph_mode_pads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DAS_CONFIG_ENV, raising=False)
-    plain = engine_kwargs(DASConfig())
-    assert "compilation_config" not in plain and config_from_env() == DASConfig()
+    env_before = dict(os.environ)
+    plain = engine_kwargs(DASConfig(), extra_additional_config={"other": 1})
+    assert "compilation_config" not in plain
+    assert plain["additional_config"] == {"other": 1, "das": DASConfig().to_dict()}
+    json.dumps(plain["additional_config"])  # vLLM hashes it as JSON (VllmConfig.compute_hash)
     graphs = engine_kwargs(DASConfig(), cuda_graphs=True)
     assert graphs["compilation_config"]["cudagraph_mode"] == "FULL_DECODE_ONLY"
-    assert json.loads(os.environ[DAS_CONFIG_ENV])["pad_drafts"] is True
-    export_config(None)
-    assert config_from_env() is None
+    assert graphs["additional_config"]["das"]["pad_drafts"] is True
+    assert dict(os.environ) == env_before  # engine_kwargs changes no process state
 
 
 def test_with_das_metadata_copies_and_validates() -> None:

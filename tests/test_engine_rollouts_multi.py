@@ -92,10 +92,7 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
     ("das", 4096, [], 5 * 1024),  # at most max_num_seqs requests run at once
     ("das", 256, ["--max-cudagraph-capture-size", "2048"], 2048),  # an explicit size wins
 ])
-def test_gpu_graphs_cover_every_running_request(mode, concurrency, extra, expected, monkeypatch):
-    from openrlhf_das.engines.vllm.factory import DAS_CONFIG_ENV
-
-    monkeypatch.delenv(DAS_CONFIG_ENV, raising=False)  # restored after: _engine_kwargs exports the DAS config
+def test_gpu_graphs_cover_every_running_request(mode, concurrency, extra, expected):
     er = _script()
     args = er.parse_args(["--device", "cuda", "--max-num-seqs", "1024", *extra])
     cc = er._engine_kwargs(args, mode, concurrency=concurrency)["compilation_config"]

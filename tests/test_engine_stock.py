@@ -1,8 +1,8 @@
 """Stock behaviour without a DAS config (issue item 6), on a real CPU engine.
 
 The plugin is installed (entry point ``vllm.general_plugins``), so every ``method: "suffix"``
-engine gets a ``DASProposer``; started without ``OPENRLHF_DAS_CONFIG`` it must be vLLM's own
-suffix decoding: stock drafts, outputs identical to plain decoding, no DAS state.
+engine gets a ``DASProposer``; started without a DAS config (no ``additional_config["das"]``) it
+must be vLLM's own suffix decoding: stock drafts, outputs identical to plain decoding, no DAS state.
 
 In-process engines (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the test can look at the proposer
 object itself; the spawned-process path is covered by ``test_engine_lossless.py``.
@@ -46,7 +46,7 @@ def baseline(prompts, params) -> list[list[int]]:
 def stock(prompts, params, baseline):
     """Two passes on one stock-suffix engine: the second one can draft from the first's
     responses (vLLM's global response cache), the way stock suffix decoding is used.
-    ``start_llm`` starts it with ``export_config(None)`` (no ``OPENRLHF_DAS_CONFIG``)."""
+    ``start_llm`` starts it without ``additional_config["das"]``."""
     with running_llm(tiny_model(VOCAB), stock_suffix=STOCK,
                      per_request_spec_decode_metrics="summary") as llm:
         drafter = inproc_drafter(llm)

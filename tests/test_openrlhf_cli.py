@@ -126,12 +126,6 @@ def test_das_on_exports_config_and_starts_ray_with_hook(captured, tmp_path):
     assert integ.run_dir == "/ck/das" and integ.sticky is True  # default: <--ckpt.path>/das
 
 
-def test_env_name_matches_the_proposer():
-    from openrlhf_das.engines.vllm.proposer import DAS_CONFIG_ENV
-
-    assert settings.DAS_CONFIG_ENV == DAS_CONFIG_ENV
-
-
 def _script_argv(script: str, env: dict[str, str]) -> list[str]:
     out = subprocess.run(["bash", str(REPO / "train_scripts" / script)], env={**os.environ, "DRY_RUN": "1", **env},
                          capture_output=True, text=True, timeout=120, check=True).stdout

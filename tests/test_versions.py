@@ -131,22 +131,22 @@ def test_scheduler_gate_without_init_of_its_own_is_off() -> None:
     assert Scheduler().ok  # the scheduler still constructs
 
 
-def test_scheduler_gate_with_renamed_field_leaves_stock_scheduling(monkeypatch) -> None:
+def test_scheduler_gate_with_renamed_field_leaves_stock_scheduling() -> None:
     """Stub: a scheduler whose instance lacks ``dynamic_sd_lookup`` (renamed): it constructs,
     gets no table, and the feature is off."""
     from openrlhf_das.config import DASConfig
-    from openrlhf_das.engines.vllm import export_config, scheduler_gate
+    from openrlhf_das.engines.vllm import additional_config, scheduler_gate
+
+    das = additional_config(DASConfig(async_scheduling=True, scheduler_gate=True))
 
     class Scheduler:
         def __init__(self) -> None:
             spec = SimpleNamespace(use_ngram_gpu=lambda: True)
-            self.vllm_config = SimpleNamespace(speculative_config=spec)
+            self.vllm_config = SimpleNamespace(speculative_config=spec, additional_config=das)
             self.num_spec_tokens = 4
             self.scheduler_config = SimpleNamespace(max_num_seqs=8)
             self.draft_slots_table = None  # vLLM's dynamic_sd_lookup under another name
 
-    monkeypatch.setenv("OPENRLHF_DAS_CONFIG", "")  # restored after the test
-    export_config(DASConfig(async_scheduling=True, scheduler_gate=True))
     assert scheduler_gate.install(Scheduler) is True
     s = Scheduler()
     assert s.draft_slots_table is None and not hasattr(s, "dynamic_sd_lookup")
@@ -284,7 +284,8 @@ def test_async_runner_hook_refuses_at_engine_start() -> None:
 
 def test_plugin_refusal_class_is_stock_without_das(monkeypatch) -> None:
     """Stub stock proposer: the class an untested vLLM gets instead of the DAS proposer refuses
-    engines with a DAS config (env or ``additional_config``) and builds stock ones."""
+    engines with a DAS config (``additional_config["das"]``) and builds stock ones, whatever the
+    environment holds."""
     from openrlhf_das.engines.vllm import plugin
 
     class Stock:
@@ -292,13 +293,11 @@ def test_plugin_refusal_class_is_stock_without_das(monkeypatch) -> None:
             self.built = True
 
     cls = plugin._refusing(Stock, "vLLM 0.99 untested")
-    monkeypatch.delenv("OPENRLHF_DAS_CONFIG", raising=False)
     assert cls(SimpleNamespace(additional_config={})).built
     with pytest.raises(UnsupportedVersionError, match="0.99"):
         cls(SimpleNamespace(additional_config={"das": {}}))
-    monkeypatch.setenv("OPENRLHF_DAS_CONFIG", "{}")
-    with pytest.raises(UnsupportedVersionError):
-        cls(SimpleNamespace(additional_config=None))
+    monkeypatch.setenv("OPENRLHF_DAS_CONFIG", "{}")  # the Ray processes' variable: not an engine's config
+    assert cls(SimpleNamespace(additional_config=None)).built
 
 
 # ---------------------------------------------------------------------- OpenRLHF patch sites

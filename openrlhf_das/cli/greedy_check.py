@@ -49,7 +49,7 @@ def run(model: str, rows: list[dict[str, Any]], max_tokens: int, das_config: Any
 
     from ..data.prompts import to_chat_messages
     from ..drafter import HistorySnapshot, Rollout
-    from ..engines.vllm import engine_kwargs, export_config, with_das_metadata
+    from ..engines.vllm import engine_kwargs, with_das_metadata
 
     tok = AutoTokenizer.from_pretrained(model)
     prompts = []
@@ -59,7 +59,6 @@ def run(model: str, rows: list[dict[str, Any]], max_tokens: int, das_config: Any
     greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     common = dict(model=model, dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=0)
 
-    export_config(None)
     stock = LLM(**common)
     try:
         off = [list(o.outputs[0].token_ids) for o in stock.generate(prompts, greedy, use_tqdm=False)]
@@ -76,7 +75,6 @@ def run(model: str, rows: list[dict[str, Any]], max_tokens: int, das_config: Any
         total = das.collective_rpc("das_get_stats")[0]["acceptance"]["total"]
     finally:
         _shutdown(das)
-        export_config(None)
     diffs = [_first_difference(a, b) for a, b in zip(off, on)]
     return {
         "prompts": len(rows),

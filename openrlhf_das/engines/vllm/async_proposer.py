@@ -51,7 +51,8 @@ from vllm.v1.spec_decode.ngram_proposer_gpu import NgramProposerGPU
 
 from ... import versions
 from ...speculator import StepRequest
-from .drafting import DASDrafting, config_from_env
+from .drafting import DASDrafting
+from .factory import config_from_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "DASAsyncProposer":
         if cls is DASAsyncProposer:
-            config = config_from_env()
+            vllm_config = args[0] if args else kwargs.get("vllm_config")
+            config = config_from_vllm(vllm_config)
             if config is not None and config.device_drafter.enabled:
                 from .device_proposer import DASDeviceProposer, device_drafter_usable
 
@@ -128,7 +130,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         return super().__new__(cls)
 
     def __init__(self, vllm_config: Any, device: torch.device, runner: Any = None) -> None:
-        config = config_from_env()
+        config = config_from_vllm(vllm_config)
         if config is None:
             NgramProposerGPU.__init__(self, vllm_config, device, runner)
             self._init_das(vllm_config, runner, None)
@@ -139,9 +141,7 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self.k = self.num_speculative_tokens = int(spec.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.max_num_seqs = int(vllm_config.scheduler_config.max_num_seqs)
-        self._init_das(vllm_config, runner, config)
-        if runner is None:
-            raise RuntimeError("DAS async proposer: vLLM passed no model runner")
+        self._init_das(vllm_config, runner, config)  # raises without a runner
         rows, k = self.max_num_seqs, self.k
         pin = device.type == "cuda"
         self._drafts_gpu = torch.zeros(rows, k, dtype=torch.int32, device=device)

@@ -10,14 +10,16 @@ RPCs (snapshot, config, stats) and fault counters.
 Metadata: ``extra_args["das"] = {"problem_id": str, "length_class": "short"|"medium"|"long",
 "generated_offset": int}`` (all optional; ``generated_offset`` = tokens a resumed partial rollout
 generated before this request, so promotion sees the sample's total length; default 0).
+
+Config and runner come in explicitly: the DAS config from the engine's
+``vllm_config.additional_config["das"]`` (:func:`~.factory.config_from_vllm`), the model runner
+from vLLM (async proposers) or from :func:`~.runner_ref.runner_for` (the suffix proposer, which
+vLLM builds without one). A DAS proposer without its runner refuses to start.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 from typing import Any, Callable
 
 from ...config import DASConfig, LengthClass
@@ -27,30 +29,6 @@ from . import draft_free_graphs
 from .compat import full_decode_graphs, graph_decode_requests
 
 logger = logging.getLogger(__name__)
-
-DAS_CONFIG_ENV = "OPENRLHF_DAS_CONFIG"
-"""Environment variable holding the JSON DASConfig of engines started by this process."""
-
-
-def config_from_env() -> DASConfig | None:
-    raw = os.environ.get(DAS_CONFIG_ENV)
-    return DASConfig.from_dict(json.loads(raw)) if raw else None
-
-
-def constructing_runner(max_depth: int = 4) -> Any:
-    """The model runner whose ``__init__`` is constructing the calling proposer (vLLM passes the
-    suffix proposer no reference to it). Found on the call stack; None if absent (then requests
-    have no DAS metadata and are drafted from their own tree and the global tree only)."""
-    frame = sys._getframe(2)
-    for _ in range(max_depth):
-        if frame is None:
-            break
-        obj = frame.f_locals.get("self")
-        if obj is not None and type(obj).__name__.endswith("ModelRunner"):
-            return obj
-        frame = frame.f_back
-    logger.warning("DAS proposer: model runner not found; per-request DAS metadata unavailable")
-    return None
 
 
 class DASDrafting:
@@ -76,10 +54,13 @@ class DASDrafting:
         self.propose_seconds = 0.0  # wall time spent in the DAS proposer (engine thread)
         self.resumed = 0  # requests that re-entered the batch after leaving it (preemption)
         self.bad_metadata = 0  # requests whose extra_args["das"] could not be used
+        self.bookkeeping_faults = 0  # faults while clearing pending drafts after a step's fault
         self._prev_batch: set[str] = set()
         self._meta: dict[str, tuple[str | None, LengthClass | None, int]] = {}
         if config is None:
             return
+        if runner is None:
+            raise RuntimeError(f"{type(self).__name__}: no model runner (DAS needs its requests' metadata)")
         if config.max_budget > self.num_speculative_tokens:
             raise ValueError(
                 f"DAS budgets reach {config.max_budget} tokens but "
@@ -125,13 +106,16 @@ class DASDrafting:
         try:
             for rid in req_ids:
                 self.speculator.tracker.forget(rid)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:  # noqa: BLE001 - already on a fault path: the step must still return
+            self.bookkeeping_faults += 1
+            logger.exception("DAS: clearing pending drafts after a fault failed (%d so far); the next "
+                             "step's acceptance may be scored against drafts that never ran",
+                             self.bookkeeping_faults)
 
     def _forget_finished(self, req_ids: list[str]) -> None:
         """Free state of requests vLLM no longer knows (finished or aborted). Requests that
         merely left the batch (preempted, paused) stay in ``runner.requests`` and keep theirs."""
-        if self.runner is None or not self._meta:
+        if not self._meta:
             return
         for rid in self._meta.keys() - self.runner.requests.keys():
             del self._meta[rid]
@@ -144,7 +128,7 @@ class DASDrafting:
         meta = self._meta.get(req_id)
         if meta is None:
             meta = (None, None, 0)
-            state = self.runner.requests.get(req_id) if self.runner is not None else None
+            state = self.runner.requests.get(req_id)
             sp = getattr(state, "sampling_params", None)
             das = ((sp.extra_args or {}).get("das") if sp is not None else None) or {}
             try:
@@ -260,6 +244,7 @@ class DASDrafting:
             "propose_seconds": self.propose_seconds,
             "resumed_requests": self.resumed,
             "bad_metadata": self.bad_metadata,
+            "bookkeeping_faults": self.bookkeeping_faults,
             "pad_drafts": self.pads,
             "graph_max_requests": self.graph_max_requests,
             "draft_free_graphs": bool(self._plain_graphs),

@@ -2,19 +2,21 @@
 
 ``engine_kwargs(config)`` returns the speculative config (method ``suffix`` with
 ``num_speculative_tokens`` = the largest DAS budget, no stock global cache; ``ngram_gpu`` with
-``async_scheduling``) and the DAS worker extension. The DAS config itself reaches the engine's processes through the environment
-variable ``OPENRLHF_DAS_CONFIG`` (vLLM's ``SpeculativeConfig`` forbids extra keys), which
-:func:`export_config` sets; engine processes inherit it when they start.
+``async_scheduling``) and the DAS worker extension. The DAS config itself travels in vLLM's
+``additional_config`` under the key ``"das"`` (vLLM's ``SpeculativeConfig`` forbids extra keys):
+``EngineArgs.additional_config`` becomes ``VllmConfig.additional_config``, which every engine
+process gets with the rest of the engine's config, and from which the proposers and the
+scheduler gate read it (:func:`config_from_vllm`). Nothing goes through ``os.environ``: engines
+of one process each get their own config.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from ...config import DASConfig, LengthClass
-from .drafting import DAS_CONFIG_ENV
 
 WORKER_EXTENSION = "openrlhf_das.engines.vllm.worker_extension.DASWorkerExtension"
 
@@ -34,13 +36,29 @@ def speculative_config(config: DASConfig) -> dict[str, Any]:
     }
 
 
-def export_config(config: DASConfig | None) -> None:
-    """Make engines started from now on in this process (and its children) use ``config``;
-    ``None`` makes them stock vLLM."""
-    if config is None:
-        os.environ.pop(DAS_CONFIG_ENV, None)
-    else:
-        os.environ[DAS_CONFIG_ENV] = config.to_json()
+ADDITIONAL_CONFIG_KEY = "das"
+"""Key of the DAS config (``DASConfig.to_dict()``) in vLLM's ``additional_config``."""
+
+
+def additional_config(config: DASConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """vLLM ``additional_config`` carrying ``config``, merged into ``extra`` (not mutated)."""
+    out = dict(extra or {})
+    out[ADDITIONAL_CONFIG_KEY] = config.to_dict()
+    return out
+
+
+def das_config_dict(vllm_config: Any) -> Mapping[str, Any] | None:
+    """The raw DAS config of an engine's ``VllmConfig`` (None: not a DAS engine). Reads only
+    ``vllm_config.additional_config`` (no vLLM import: the plugin's version gate uses it)."""
+    extra = getattr(vllm_config, "additional_config", None)
+    return extra.get(ADDITIONAL_CONFIG_KEY) if isinstance(extra, Mapping) else None
+
+
+def config_from_vllm(vllm_config: Any) -> DASConfig | None:
+    """The validated :class:`DASConfig` of an engine (None: a stock engine). A malformed value
+    raises :class:`~openrlhf_das.config.DASConfigError` at engine start."""
+    raw = das_config_dict(vllm_config)
+    return None if raw is None else DASConfig.from_dict(raw)
 
 
 CUDA_GRAPH_COMPILATION = {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
@@ -50,10 +68,13 @@ speculation they only cover uniform (1 + k)-token decode steps, hence ``pad_draf
 
 
 def engine_kwargs(
-    config: DASConfig, worker_extension_cls: str = WORKER_EXTENSION, *, cuda_graphs: bool = False
+    config: DASConfig, worker_extension_cls: str = WORKER_EXTENSION, *, cuda_graphs: bool = False,
+    extra_additional_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """kwargs to add to ``vllm.LLM(...)``/``AsyncEngineArgs(...)`` for a DAS engine (also
-    exports the config for the engine processes).
+    """kwargs to add to ``vllm.LLM(...)``/``AsyncEngineArgs(...)`` for a DAS engine: the
+    speculative config, the worker extension and ``additional_config`` with the DAS config
+    (merged into ``extra_additional_config``, the engine's other additional settings). Changes
+    no process state.
 
     ``cuda_graphs=True`` (GPU): the recommended graph settings, with ``pad_drafts`` switched
     on so that every decode step replays a captured graph (measured 3.25x -> 1.37x of the
@@ -63,8 +84,8 @@ def engine_kwargs(
     if cuda_graphs:
         config = config.with_overrides({"pad_drafts": True})
         kw["compilation_config"] = dict(CUDA_GRAPH_COMPILATION)
-    export_config(config)
-    return {"speculative_config": speculative_config(config), "worker_extension_cls": worker_extension_cls, **kw}
+    return {"speculative_config": speculative_config(config), "worker_extension_cls": worker_extension_cls,
+            "additional_config": additional_config(config, extra_additional_config), **kw}
 
 
 def with_das_metadata(

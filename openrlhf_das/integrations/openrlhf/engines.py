@@ -14,9 +14,11 @@
 * :func:`create_vllm_engines` has OpenRLHF's signature and placement logic (it calls OpenRLHF's
   own function), but each engine is a :class:`DASRolloutActor` with ``speculative_config``
   (method ``suffix``, k = the largest DAS budget) and ``worker_extension_cls`` =
-  :class:`~.worker.DASWorkerWrap`; the DAS config is handed to each actor, which exports it to
-  its vLLM processes before the engine starts. Then it starts the history actor
-  (:func:`start_history_actor`). With DAS off (no ``OPENRLHF_DAS_CONFIG``) it is OpenRLHF's.
+  :class:`~.worker.DASWorkerWrap`; the DAS config goes to each actor's engine in vLLM's
+  ``additional_config["das"]`` (an engine argument, like the two above: the actor hands every
+  leftover keyword to ``AsyncEngineArgs``). Then it starts the history actor
+  (:func:`start_history_actor`). With DAS off in the driver (no ``OPENRLHF_DAS_CONFIG``, see
+  :mod:`.settings`) it is OpenRLHF's.
 
 Importing this module imports Ray, vLLM and OpenRLHF's rollout module. Version gate: importing
 it raises :class:`~openrlhf_das.versions.UnsupportedVersionError` (naming the installed and
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 from typing import Any
 
@@ -38,7 +39,7 @@ from vllm.utils import random_uuid
 
 from ... import versions
 from ...config import DASConfig
-from ...engines.vllm.factory import export_config, speculative_config, with_das_metadata
+from ...engines.vllm.factory import additional_config, speculative_config, with_das_metadata
 from . import partial, problem_ids, settings
 from .worker import WORKER_WRAP
 
@@ -58,11 +59,7 @@ each see the value of the call that spawned them."""
 class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
     """OpenRLHF ``RolloutRayActor`` + per-request DAS metadata + ``das_rpc``."""
 
-    async def __init__(self, *args: Any, das_config: str | None = None, das_partial: bool = False,
-                       **kwargs: Any) -> None:
-        if das_config is not None:
-            # The engine processes vLLM starts below inherit this (the proposer reads it).
-            export_config(DASConfig.from_dict(json.loads(das_config)))
+    async def __init__(self, *args: Any, das_partial: bool = False, **kwargs: Any) -> None:
         self._das_partial = partial.EnginePartialState() if das_partial else None
         await super().__init__(*args, **kwargs)
 
@@ -162,7 +159,7 @@ class _DASActorOptions:
             raise ValueError("create_vllm_engines: a speculative_config is already set; DAS sets its own")
         kwargs["speculative_config"] = speculative_config(self.config)
         kwargs["worker_extension_cls"] = WORKER_WRAP
-        kwargs["das_config"] = self.config.to_json()
+        kwargs["additional_config"] = additional_config(self.config, kwargs.get("additional_config"))
         kwargs["das_partial"] = self.partial_rollout
         return DASRolloutRayActor.options(**self.options).remote(*args, **kwargs)
 

@@ -1,12 +1,14 @@
 """What every Ray process of a DAS job needs to know, carried in two environment variables.
 
-* ``OPENRLHF_DAS_CONFIG``: the validated :class:`~openrlhf_das.config.DASConfig` as JSON (the
-  same variable the vLLM proposer reads at engine start).
+* ``OPENRLHF_DAS_CONFIG``: the validated :class:`~openrlhf_das.config.DASConfig` as JSON. It
+  tells the trainer-side patches in every Ray process that DAS is on and how; the vLLM engines
+  do not read it: :func:`~.engines.create_vllm_engines` hands them the config as an engine
+  argument (``additional_config["das"]``).
 * ``OPENRLHF_DAS_INTEGRATION``: :class:`IntegrationSettings` as JSON (where the history actor
   records, whether prompts are pinned to engines, ...).
 
 ``openrlhf_das.cli.train`` sets both in the driver and in ``ray.init(runtime_env={"env_vars":
-...})``, so Ray workers, rollout actors and their vLLM engine processes all see them. With
+...})``, so the driver and every Ray worker see them. With
 neither set, every patch of this package is a no-op (stock OpenRLHF). This module imports
 neither Ray, vLLM nor OpenRLHF (it runs in every worker's setup hook).
 """
@@ -21,7 +23,8 @@ from typing import Any, Mapping
 from ...config import DASConfig, DASConfigError
 
 DAS_CONFIG_ENV = "OPENRLHF_DAS_CONFIG"
-"""= ``openrlhf_das.engines.vllm.proposer.DAS_CONFIG_ENV`` (not imported: that pulls in vLLM)."""
+"""The DAS config of a job's Ray processes (the package's only definition; engines get theirs
+through ``additional_config``)."""
 INTEGRATION_ENV = "OPENRLHF_DAS_INTEGRATION"
 HISTORY_ACTOR_NAME = "openrlhf_das_history"
 
