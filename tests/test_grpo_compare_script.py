@@ -42,7 +42,8 @@ def test_arms_differ_only_by_das_flags() -> None:
     nodas, das = _flags(_command("nodas")), _flags(_command("das"))
     extra = {k: v for k, v in das.items() if k not in nodas}
     assert set(extra) == {"--das", "--das.config", "--das.pad_drafts", "--das.gate.mode", "--das.length_policy",
-                          "--das.flat_budget.tokens", "--das.run_dir"}
+                          "--das.flat_budget.tokens", "--das.run_dir", "--das.length_buckets"}
+    assert das["--das.length_buckets"] == "[128,256,384]"  # report buckets over 0..max_new_tokens (512)
     shared = {k: v for k, v in das.items() if k in nodas}
     # the per-arm paths differ (work dir, run name); every other OpenRLHF flag is identical
     per_arm = {"--ckpt.output_dir", "--ckpt.path", "--logger.tensorboard_dir", "--logger.wandb.run_name"}
@@ -90,3 +91,64 @@ def test_async_knob_keeps_async_scheduling_in_both_arms_and_adds_one_das_flag() 
 def test_bad_async_value_is_refused() -> None:
     proc = _dry_run("das", ASYNC="yes")
     assert proc.returncode == 2 and "ASYNC must be 0 or 1" in proc.stderr
+
+
+def test_gpu_drafter_arm_runs_das_gpu_under_async_scheduling_in_both_arms() -> None:
+    default = {"OPENRLHF_DAS_VLLM_ENGINE_ARGS": ""}
+    assert "async_scheduling" not in _engine_args("nodas", DRAFTER="gpu", **default)  # ASYNC=1 implied
+    assert _engine_args("das", DRAFTER="gpu", **default) == _engine_args("nodas", DRAFTER="gpu", **default)
+    das, nodas = _flags(_command("das", DRAFTER="gpu")), _flags(_command("nodas", DRAFTER="gpu"))
+    assert {k: v for k, v in das.items() if k not in nodas} == {
+        "--das": None, "--das.config": das["--das.config"], "--das.async_scheduling": "true",
+        "--das.device_drafter.enabled": "true", "--das.run_dir": das["--das.run_dir"],
+        "--das.length_buckets": "[128,256,384]"}
+    assert nodas == _flags(_command("nodas"))
+    proc = _dry_run("das", DRAFTER="gpu", ASYNC="0")
+    assert proc.returncode == 2 and "DRAFTER=gpu needs ASYNC=1" in proc.stderr
+    assert _dry_run("das", DRAFTER="cpu").returncode == 2
+
+
+def test_partial_arms_use_openrlhfs_async_trainer_and_their_own_folders() -> None:
+    das, nodas = _flags(_command("das", PARTIAL="1")), _flags(_command("nodas", PARTIAL="1"))
+    for flags in (das, nodas):
+        assert "--train.async_enable" in flags and "--train.partial_rollout_enable" in flags
+        assert int(flags["--rollout.vllm_generate_batch_size"]) > int(flags["--rollout.batch_size"])
+    assert das["--das.partial_rollout"] == "true" and "--das.partial_rollout" not in nodas
+    assert das["--ckpt.path"].endswith("/das_partial/ckpt") and nodas["--ckpt.path"].endswith("/nodas_partial/ckpt")
+    assert das["--das.run_dir"].endswith("/das_partial/ckpt/das")
+    assert _dry_run("das", PARTIAL="2").returncode == 2
+
+
+def test_issue22_preset_and_its_commands_pass_the_cli_checks() -> None:
+    """PRESET=issue22: the 1.5B model, <= 2048 new tokens, async scheduling in both arms, the GPU
+    drafter, >= 50 steps; each arm's command line passes openrlhf-das-train's own checks (DAS
+    config, OpenRLHF's parser, the partial-rollout requirements) short of starting Ray."""
+    from openrlhf_das.cli import train as cli
+    from openrlhf_das.integrations.openrlhf import openrlhf_cli
+    from openrlhf_das.integrations.openrlhf.partial import check_openrlhf_args
+
+    default = {"OPENRLHF_DAS_VLLM_ENGINE_ARGS": ""}
+    for partial in ("0", "1"):
+        for arm in ("nodas", "das"):
+            cmd = _command(arm, PRESET="issue22", PARTIAL=partial)
+            flags = _flags(cmd)
+            assert flags["--actor.model_name_or_path"].endswith("/qwen2.5-coder-1.5b-instruct")
+            assert int(flags["--rollout.max_new_tokens"]) <= 2048 and flags["--rollout.temperature"] == "1.0"
+            steps = -(-int(flags["--data.max_samples"]) // int(flags["--rollout.batch_size"])) * int(
+                flags["--train.num_episodes"])
+            assert steps >= 50
+            assert "async_scheduling" not in _engine_args(arm, PRESET="issue22", **default)
+            das = cli.split_argv(cmd[cmd.index("openrlhf_das.cli.train") + 1:])
+            args = openrlhf_cli.parse_args(das.openrlhf_argv)
+            assert args.rollout.max_new_tokens == 2048 and args.ckpt.save_steps == 5
+            if arm == "das":
+                config, integ = cli.resolve(das)
+                assert config.async_scheduling and config.device_drafter.enabled
+                assert integ.partial_rollout is (partial == "1")
+                assert config.length_buckets == (512, 1024, 1536)  # report buckets over 0..2048
+            else:
+                assert das.enabled is None
+            assert (check_openrlhf_args(args) == []) is (partial == "1")
+    # any knob still wins over the preset
+    assert _flags(_command("das", PRESET="issue22", MAX_NEW="1024"))["--rollout.max_new_tokens"] == "1024"
+    assert _dry_run("das", PRESET="nope").returncode == 2

@@ -27,7 +27,20 @@
 # docs/gpu.md instead of (a')) and runs the DAS arm with --das.async_scheduling true (speculative
 # method ngram_gpu with the DAS async proposer: the faster mode on the H100 rollout benchmark, not
 # yet run through OpenRLHF on a GPU). The DAS flags are otherwise the same.
-# Knobs (env): ASYNC ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
+# GPU drafter: DRAFTER=gpu (needs ASYNC=1, which it sets) runs the DAS arm with the device-resident
+# drafter (--das.async_scheduling true --das.device_drafter.enabled true: mode das_gpu of the
+# rollout benchmark) instead of the padded host-drafter flags; the stock arm is the same as with ASYNC=1.
+# Partial rollouts: PARTIAL=1 runs both arms on OpenRLHF's async trainer with its partial mode
+# (--train.async_enable --train.partial_rollout_enable, --rollout.vllm_generate_batch_size
+# 2 x ROLLOUT_BS) and the DAS arm with --das.partial_rollout true; the arms are then named
+# das_partial / nodas_partial (their own work and result folders, their own compare).
+# Issue 22: PRESET=issue22 sets the defaults of that comparison (each still overridable):
+# Qwen2.5-Coder-1.5B-Instruct, <= 2048 new tokens (MAX_LEN 2560), ASYNC=1, DRAFTER=gpu,
+# 24 prompts x 9 episodes = 54 steps, checkpoints every 5 steps (an arm spans several calls:
+# RESUME=1), micro-batches 1 (train) / 2 (rollout) for the 1.5B model's 2560-token samples next
+# to the engine. Its four calls per arm pair: `PRESET=issue22 bash grpo_compare.sh nodas`, then
+# `... das`, each repeated with RESUME=1 until its 54 steps are done; PARTIAL=1 for the second pair.
+# Knobs (env): PRESET ASYNC DRAFTER PARTIAL ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
 # MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
 # then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
 # checkpoint) DRY_RUN (print the command only) MODEL DATA GRPO_WORK (/tmp/grpo).
@@ -45,6 +58,14 @@
 set -uo pipefail
 ARM=${1:-}
 case "$ARM" in das|nodas) ;; *) echo "usage: $0 das|nodas" >&2; exit 2 ;; esac
+PRESET=${PRESET:-}
+case "$PRESET" in
+  '') ;;
+  issue22)  # defaults only: any knob set in the environment wins
+    : "${MODEL_NAME:=qwen2.5-coder-1.5b-instruct}" "${MAX_NEW:=2048}" "${MAX_LEN:=2560}" "${ASYNC:=1}"
+    : "${DRAFTER:=gpu}" "${EPISODES:=9}" "${SAVE_STEPS:=5}" "${MICRO_TRAIN:=1}" "${MICRO_ROLLOUT:=2}" ;;
+  *) echo "PRESET must be issue22 or empty (got '$PRESET')" >&2; exit 2 ;;
+esac
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=env.sh
 source "$REPO/benchmarks/gpu/env.sh"
@@ -52,7 +73,7 @@ PY="$GPU_PY"; [ -x "$PY" ] || PY=$(command -v python3)
 T0=$(date +%s.%N)
 took() { awk -v n="$1" -v a="$2" -v b="$(date +%s.%N)" 'BEGIN { printf "[time] %-28s %6.1f s\n", n, b - a }'; }
 
-MODEL=${MODEL:-$GPU_MODELS_DIR/qwen2.5-coder-0.5b-instruct}
+MODEL=${MODEL:-$GPU_MODELS_DIR/${MODEL_NAME:-qwen2.5-coder-0.5b-instruct}}
 DATA=${DATA:-$REPO/benchmarks/gpu/prompts/math_train_grpo.jsonl}
 PROMPTS=${PROMPTS:-24}; EPISODES=${EPISODES:-5}; ROLLOUT_BS=${ROLLOUT_BS:-4}; N_SAMPLES=${N_SAMPLES:-8}
 MAX_NEW=${MAX_NEW:-512}; MAX_LEN=${MAX_LEN:-1536}; SEED=${SEED:-42}; LR=${LR:-1e-6}
@@ -61,10 +82,16 @@ export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:Tr
 SAVE_STEPS=${SAVE_STEPS:-10}; TIME_LIMIT=${TIME_LIMIT:-530}; RESUME=${RESUME:-0}
 ENGINES=${ENGINES:-1}   # GPUs: N vLLM engines (one per GPU) colocated with an N-GPU ZeRO-2 actor
 case "$ENGINES" in ''|*[!0-9]*|0) echo "ENGINES must be a positive integer (got '$ENGINES')" >&2; exit 2 ;; esac
+DRAFTER=${DRAFTER:-host}
+case "$DRAFTER" in host) ;; gpu) ASYNC=${ASYNC:-1} ;; *) echo "DRAFTER must be host or gpu (got '$DRAFTER')" >&2; exit 2 ;; esac
 ASYNC=${ASYNC:-0}
 case "$ASYNC" in 0|1) ;; *) echo "ASYNC must be 0 or 1 (got '$ASYNC')" >&2; exit 2 ;; esac
-WORK=${GRPO_WORK:-/tmp/grpo}/$ARM
-RES=${OUT:-$WORK/out}/grpo/$ARM
+[ "$DRAFTER" = gpu ] && [ "$ASYNC" != 1 ] && { echo "DRAFTER=gpu needs ASYNC=1 (the device drafter runs under async scheduling)" >&2; exit 2; }
+PARTIAL=${PARTIAL:-0}
+case "$PARTIAL" in 0|1) ;; *) echo "PARTIAL must be 0 or 1 (got '$PARTIAL')" >&2; exit 2 ;; esac
+NAME=$ARM; [ "$PARTIAL" = 1 ] && NAME=${ARM}_partial   # work/result folder of this arm
+WORK=${GRPO_WORK:-/tmp/grpo}/$NAME
+RES=${OUT:-$WORK/out}/grpo/$NAME
 SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
 
 # The same shims in both arms, in every process (gpu_compat docstring): the sitecustomize folder
@@ -95,18 +122,31 @@ args=(
   --rollout.temperature 1.0 --rollout.top_p 1.0 --train.seed "$SEED"
   --ds.zero_stage 2 --ds.param_dtype bf16 --ds.attn_implementation sdpa --actor.adam.lr "$LR"
   --data.prompt_dataset "$DATA" --data.input_key prompt --data.label_key label --data.apply_chat_template
-  --logger.tensorboard_dir "$WORK/tb" --logger.wandb.run_name "$ARM"
+  --logger.tensorboard_dir "$WORK/tb" --logger.wandb.run_name "$NAME"
 )
+# partial rollouts (both arms): OpenRLHF's async trainer, samples in flight across weight syncs
+[ "$PARTIAL" = 1 ] && args+=(--train.async_enable --train.partial_rollout_enable
+                             --rollout.vllm_generate_batch_size $((2 * ROLLOUT_BS)))
 [ "$RESUME" = 1 ] && args+=(--ckpt.load_enable)
 # DAS arm: with FULL_DECODE_ONLY graphs every decode step verifies k padded draft tokens anyway
 # (pad_drafts), so a gated or budget-0 step pays the verify cost for filler only: draft k for
 # every request (no batch gate, flat budget k) — the best graph-mode setting in docs/gpu.md.
-[ "$ARM" = das ] && args+=(--das --das.config "$REPO/configs/das/math.yaml" --das.pad_drafts true
-                           --das.gate.mode off --das.length_policy false --das.flat_budget.tokens 4
-                           --das.run_dir "$WORK/ckpt/das")
-[ "$ARM" = das ] && [ "$ASYNC" = 1 ] && args+=(--das.async_scheduling true)
+# GPU drafter (DRAFTER=gpu): the device drafter under async scheduling, no padding flags (the
+# engine settings of the rollout benchmark's das_gpu mode).
+if [ "$ARM" = das ] && [ "$DRAFTER" = gpu ]; then
+  args+=(--das --das.config "$REPO/configs/das/math.yaml" --das.async_scheduling true
+         --das.device_drafter.enabled true --das.run_dir "$WORK/ckpt/das")
+elif [ "$ARM" = das ]; then
+  args+=(--das --das.config "$REPO/configs/das/math.yaml" --das.pad_drafts true
+         --das.gate.mode off --das.length_policy false --das.flat_budget.tokens 4
+         --das.run_dir "$WORK/ckpt/das")
+  [ "$ASYNC" = 1 ] && args+=(--das.async_scheduling true)
+fi
+[ "$ARM" = das ] && [ "$PARTIAL" = 1 ] && args+=(--das.partial_rollout true)
+# acceptance per response-length bucket over this run's range (the config's own edges go to 16k)
+[ "$ARM" = das ] && args+=(--das.length_buckets "[$((MAX_NEW / 4)),$((MAX_NEW / 2)),$((3 * MAX_NEW / 4))]")
 cmd=("$PY" -m openrlhf_das.cli.train "${args[@]}")
-echo "[grpo] $ARM: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW, engines=$ENGINES"
+echo "[grpo] $NAME: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW, engines=$ENGINES, drafter=$DRAFTER, partial=$PARTIAL, model=$MODEL"
 echo "[grpo] engine args: $OPENRLHF_DAS_VLLM_ENGINE_ARGS"
 echo "[grpo] ${cmd[*]}"
 [ -n "${DRY_RUN:-}" ] && exit 0
@@ -125,12 +165,12 @@ cd "$REPO" || exit 1
 # SIGINT first (Ray and the driver shut down), SIGKILL 30 s later
 timeout -s INT -k 30 "$TIME_LIMIT" "${cmd[@]}" 2>&1 | tee -a "$WORK/train.log"
 rc=${PIPESTATUS[0]}
-took "train ($ARM, rc=$rc)" "$t" | tee -a "$WORK/timing.txt"
+took "train ($NAME, rc=$rc)" "$t" | tee -a "$WORK/timing.txt"
 [ "$rc" = 124 ] && echo "[grpo] cut at TIME_LIMIT=$TIME_LIMIT s: rerun with RESUME=1 to continue from the last checkpoint"
 ray stop --force > /dev/null 2>&1 || true
 
 t=$(date +%s.%N)
-"$PY" "$REPO/benchmarks/gpu/grpo_plot.py" extract --arm "$ARM" --log "$WORK/train.log" --tb "$WORK/tb" \
+"$PY" "$REPO/benchmarks/gpu/grpo_plot.py" extract --arm "$NAME" --log "$WORK/train.log" --tb "$WORK/tb" \
     --das-run-dir "$WORK/ckpt/das" --steps-per-episode "$SPE" --out "$RES/steps.json"
 cp "$WORK/train.log" "$WORK/timing.txt" "$RES/" 2>/dev/null
 [ -d "$WORK/tb" ] && cp -r "$WORK/tb" "$RES/"
@@ -138,11 +178,14 @@ if [ -d "$WORK/ckpt/das" ]; then
     mkdir -p "$RES/das" && cp "$WORK/ckpt/das"/*.json* "$RES/das/" 2>/dev/null
 fi
 cp "$RES/steps.json" "$WORK/steps.json" 2>/dev/null
-OTHER=$([ "$ARM" = das ] && echo nodas || echo das)
+SUFFIX=${NAME#"$ARM"}   # "" or _partial
+OTHER=$([ "$ARM" = das ] && echo nodas || echo das)$SUFFIX
+TARGET=0.80; [ "$PARTIAL" = 1 ] && TARGET=0.85   # issue 22's generation-time targets das/stock
 if [ -s "$WORK/steps.json" ] && [ -s "${GRPO_WORK:-/tmp/grpo}/$OTHER/steps.json" ]; then  # both arms done here
-    "$PY" "$REPO/benchmarks/gpu/grpo_plot.py" plot --nodas "${GRPO_WORK:-/tmp/grpo}/nodas/steps.json" \
-        --das "${GRPO_WORK:-/tmp/grpo}/das/steps.json" --out "$RES/../compare" | tail -n 40
+    "$PY" "$REPO/benchmarks/gpu/grpo_plot.py" plot --nodas "${GRPO_WORK:-/tmp/grpo}/nodas$SUFFIX/steps.json" \
+        --das "${GRPO_WORK:-/tmp/grpo}/das$SUFFIX/steps.json" --out "$RES/../compare$SUFFIX" \
+        --title "GRPO $(basename "$MODEL")${SUFFIX:+, partial rollouts}" --target-ratio "$TARGET" | tail -n 60
 fi
 took "extract + copy" "$t"
-took "grpo_compare.sh $ARM" "$T0" | tee -a "$RES/timing.txt"
+took "grpo_compare.sh $NAME" "$T0" | tee -a "$RES/timing.txt"
 exit "$rc"
