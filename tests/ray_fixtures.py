@@ -12,9 +12,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
-from openrlhf_das.config import DASConfig
+from openrlhf_das.config import DASConfig, LengthClass
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
@@ -57,6 +58,10 @@ class StatsEngine:
         self._num_workers = num_workers
         self._broken = broken
         self.loads: list[tuple[bytes, dict[str, str] | None]] = []
+        """(payload bytes as received, the classes held after it) per ``das_load_snapshot``."""
+        self.snapshots: list[Any] = []
+        """The whole history after each load (``HistoryFeed``: deltas applied)."""
+        self._feed: Any = None
 
     def das_rpc(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         if self._broken:
@@ -66,16 +71,27 @@ class StatsEngine:
         elif method == "das_load_snapshot":
             data, classes = args
             assert isinstance(data, bytes), type(data)  # an ObjectRef argument arrives resolved
-            self.loads.append((data, classes))
-            from openrlhf_das.drafter import HistorySnapshot
+            from openrlhf_das.drafter import HistoryFeed
 
-            out = {"tokens": HistorySnapshot.from_npz_bytes(data).num_tokens}
+            if self._feed is None:
+                self._feed = HistoryFeed()
+            snap, classes = self._feed.receive(data, classes)  # a snapshot or a delta, as a worker gets it
+            self.loads.append((data, classes))
+            self.snapshots.append(snap)
+            out = {"tokens": snap.num_tokens}
         else:
             raise ValueError(f"unknown RPC {method}")
         return [out] * self._num_workers
 
     def received(self) -> list[tuple[bytes, dict[str, str] | None]]:
         return self.loads
+
+    def histories(self) -> list[Any]:
+        return self.snapshots
+
+    def forget_history(self) -> None:
+        """As a restarted engine: the next delta finds no base."""
+        self._feed = None
 
 
 class VLLMEngine:
@@ -186,3 +202,72 @@ def openrlhf_das_job(work: Path, config: DASConfig, integ: Any, rows: list[dict[
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class DrafterEngine:
+    """Stand-in engine with a real drafter and no vLLM (a plain Ray actor): the real worker RPCs
+    (``DASWorkerExtension.das_load_snapshot``: history feed, snapshots and deltas) over a real
+    ``DASSpeculator``, loaded as ``engines/vllm/drafting.py`` does (``from_npz_bytes`` →
+    ``DASSpeculator.load_snapshot``). It records the bytes of every history payload it gets,
+    and answers what its index holds and drafts."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = DASConfig.from_dict(config)
+        self.payload_bytes: list[int] = []
+        self._start()
+
+    def _start(self) -> None:
+        from openrlhf_das.drafter import HistorySnapshot
+        from openrlhf_das.engines.vllm.worker_extension import DASWorkerExtension
+        from openrlhf_das.speculator import DASSpeculator
+
+        spec = DASSpeculator(self._config)
+
+        def load_snapshot_bytes(data: bytes, classes: dict[str, str] | None = None) -> dict[str, int]:
+            cls_map = {k: LengthClass(v) for k, v in classes.items()} if classes is not None else None
+            spec.load_snapshot(HistorySnapshot.from_npz_bytes(data), cls_map)
+            return spec.drafter.history.stats().as_dict()
+
+        self.spec = spec
+        self.worker = DASWorkerExtension()
+        self.worker.model_runner = SimpleNamespace(drafter=SimpleNamespace(load_snapshot_bytes=load_snapshot_bytes))
+
+    def das_rpc(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if method == "das_get_stats":
+            return [{"enabled": True, **self.spec.stats()}]
+        if method == "das_load_snapshot":
+            self.payload_bytes.append(len(args[0]))
+        return [getattr(self.worker, method)(*args, **kwargs)]
+
+    def restart(self) -> None:
+        """A fresh engine process: no history, no feed."""
+        self._start()
+
+    def live_text(self, problem_id: str, step: int, tokens: list[int]) -> None:
+        """In-flight sibling text of a request, finished and kept (as during a step)."""
+        index = self.spec.drafter.history
+        index.extend_live(problem_id, "live", step, np.asarray(tokens, np.int32))
+        index.finish_live(problem_id, "live", keep=True)
+
+    def history(self) -> dict[str, Any]:
+        """Problem → [(step, sorted response lengths)], tokens, classes."""
+        index = self.spec.drafter.history
+        return {
+            "problems": {p: index.steps_of(p) for p in sorted(index.problem_ids())},
+            "lengths": {p: sorted(index.response_lengths(p)) for p in sorted(index.problem_ids())},
+            "tokens": index.tokens,
+            "classes": {p: c.value for p, c in sorted(self.spec.classes.items())},
+        }
+
+    def drafts(self, queries: list[tuple[str, list[int]]]) -> list[tuple[tuple[int, ...], str]]:
+        from openrlhf_das.drafter import DraftRequest
+
+        out = []
+        for i, (pid, tokens) in enumerate(queries):
+            d = self.spec.drafter.propose_one(DraftRequest(f"q{i}", np.asarray(tokens, np.int32), 0, pid, budget=6))
+            out.append((tuple(d.token_ids), d.source))
+        return out
+
+    def take_payload_bytes(self) -> list[int]:
+        out, self.payload_bytes = self.payload_bytes, []
+        return out

@@ -98,7 +98,7 @@ class _Engine:
 
 def _state(sticky):
     st = object.__new__(samples.GeneratorState)
-    st.sticky, st.classes, st.captured, st.capturing = sticky, {}, [], True
+    st.sticky, st.captured, st.capturing = sticky, [], True
     return st
 
 
@@ -106,14 +106,16 @@ def test_routing_proxies_tag_and_pin_requests():
     engines = [_Engine(i) for i in range(3)]
     prompts = [f"prompt {i}" for i in range(12)]
     st = _state(sticky=True)
-    st.classes = {problem_ids.prompt_hash(prompts[0]): "long"}
     proxies = [samples._RoutedEngine(engines, i, st) for i in range(3)]
+    before = problem_ids.resolutions()
     for i, p in enumerate(prompts):  # OpenRLHF's balancer picks engine i % 3; sticky overrides it
         idx, pid = proxies[i % 3].generate_responses.remote(prompt=p, label="", num_samples=4)
         assert pid == problem_ids.prompt_hash(p) and idx == engine_for_problem(pid, 3)
+    assert problem_ids.resolutions() - before == len(prompts)  # once per dispatched prompt
     assert {idx for e in engines for (_, _, kw) in e.calls for idx in [e.index]} == {0, 1, 2}
     first = next(kw for e in engines for (_, _, kw) in e.calls if kw["prompt"] == prompts[0])
-    assert first["length_class"] == "long" and first["num_samples"] == 4
+    # classes reach the engines with their history (one channel), not with each request
+    assert "length_class" not in first and first["num_samples"] == 4
     # not sticky: OpenRLHF's choice stands, the request is still tagged
     st.sticky = False
     assert proxies[2].generate_responses.remote(prompt="p", label="") == (2, problem_ids.prompt_hash("p"))
@@ -129,10 +131,28 @@ def test_capture_turns_a_response_into_a_rollout():
         "action_ranges": [(3, 6), (7, 8)],  # two turns; token 99 is environment feedback
         "reward": np.float32(0.5),
     }
-    st.capture(response)
+    st.capture(response)  # no id carried (not a DAS rollout actor): resolved from the prompt
     [r] = st.captured
     assert r["problem_id"] == problem_ids.prompt_hash("P")
-    assert r["prompt_token_ids"].tolist() == [5, 6, 7] and r["response_token_ids"].tolist() == [10, 11, 12, 13]
+    # the prompt is only counted by the history actor: its length travels, not its tokens
+    assert r["prompt_tokens"] == 3 and "prompt_token_ids" not in r
+    assert r["response_token_ids"].tolist() == [10, 11, 12, 13]
     assert r["reward"] == 0.5
     st.capture({"prompt": "Q", "observation_tokens": [1], "action_ranges": []})  # nothing generated
     assert len(st.captured) == 1
+
+
+def test_capture_takes_the_carried_problem_id_and_ships_no_prompt_tokens():
+    """The DAS rollout actor returns the id it was dispatched with (``das_problem_id``): the
+    trainer does not resolve the prompt a second time; a long prompt adds 8 bytes, not 4 per token."""
+    import pickle
+
+    st = _state(sticky=True)
+    prompt = list(range(5, 2005))  # 2,000 prompt tokens
+    before = problem_ids.resolutions()
+    st.capture({"prompt": "some prompt text", "das_problem_id": "gsm8k-17",
+                "observation_tokens": prompt + [10, 11, 12], "action_ranges": [(2000, 2003)], "reward": 1.0})
+    assert problem_ids.resolutions() == before
+    [r] = st.captured
+    assert r["problem_id"] == "gsm8k-17" and r["prompt_tokens"] == 2000
+    assert len(pickle.dumps(r, protocol=5)) < 600  # 2,000 prompt tokens would be 8,000 bytes

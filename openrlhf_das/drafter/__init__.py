@@ -5,7 +5,7 @@ Imports nothing of vLLM, Ray or OpenRLHF (enforced by ``tests/test_layering.py``
 
 from .drafter import Drafter, DraftRequest
 from .history_index import HistoryIndex, HistoryStats
-from .snapshot import HistorySnapshot, Rollout, SnapshotError
+from .snapshot import HistoryDelta, HistoryFeed, HistorySnapshot, Rollout, SnapshotError
 from .suffix_tree import EMPTY_DRAFT, Draft
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "DraftRequest",
     "Drafter",
     "EMPTY_DRAFT",
+    "HistoryDelta",
+    "HistoryFeed",
     "HistoryIndex",
     "HistorySnapshot",
     "HistoryStats",

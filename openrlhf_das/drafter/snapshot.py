@@ -1,9 +1,17 @@
-"""History snapshots: the plain, versioned data that crosses process boundaries and disks.
+"""History snapshots and deltas: the plain, versioned data that crosses process boundaries and disks.
 
 A snapshot is a set of finished responses (token ids) with their problem id and step; it
 never contains Python objects, so it is safe to ship to vLLM workers and to store as ``.npz``
-(loaded with ``allow_pickle=False``). Building a :class:`HistoryIndex` from it is what an
-engine does at each step boundary.
+(loaded with ``allow_pickle=False``). Building (or updating) a :class:`HistoryIndex` from it is
+what an engine does at each step boundary.
+
+Between steps the history actor sends each engine a :class:`HistoryDelta` instead of the whole
+window: the (problem, step) buckets that are new or changed since what the engine holds, those
+that are gone, the tail of the problem order and the changed length classes. An engine's
+:class:`HistoryFeed` applies it to the snapshot it last received and gets exactly the snapshot
+the actor would have sent (same problems, order, steps and tokens), so every engine kind loads
+history as before. A delta names the history version it applies to; a feed that holds another
+version refuses it (:class:`SnapshotError`) and the actor sends the whole snapshot.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -21,6 +29,8 @@ from .history_index import HistoryIndex
 
 FORMAT = "openrlhf-das/history-snapshot"
 FORMAT_VERSION = 1
+DELTA_FORMAT = "openrlhf-das/history-delta"
+DELTA_VERSION = 1
 
 
 class SnapshotError(ValueError):
@@ -151,17 +161,15 @@ class HistorySnapshot:
         return h.digest()
 
     # ------------------------------------------------------------------ (de)serialisation
-    def to_npz_bytes(self) -> bytes:
+    def to_npz_bytes(self, compress: bool = True, history_version: str | None = None) -> bytes:
+        """npz bytes; ``history_version``: the id a following :class:`HistoryDelta` names as its
+        base (optional meta key, absent in files)."""
         buf = io.BytesIO()
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "next_step": self.next_step}
-        np.savez_compressed(
-            buf,
-            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-            problem_ids=np.frombuffer(json.dumps(list(self.problem_ids)).encode(), np.uint8),
-            problem_index=self.problem_index,
-            steps=self.steps,
-            offsets=self.offsets,
-            tokens=self.tokens,
+        meta: dict = {"format": FORMAT, "version": FORMAT_VERSION, "next_step": self.next_step}
+        if history_version is not None:
+            meta["history_version"] = history_version
+        (np.savez_compressed if compress else np.savez)(
+            buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **self._arrays()
         )
         return buf.getvalue()
 
@@ -174,27 +182,29 @@ class HistorySnapshot:
 
     @classmethod
     def from_npz_bytes(cls, data: bytes) -> "HistorySnapshot":
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                if meta.get("format") != FORMAT:
-                    raise SnapshotError(f"not a history snapshot (format={meta.get('format')!r})")
-                if meta.get("version") != FORMAT_VERSION:
-                    raise SnapshotError(f"unsupported snapshot version {meta.get('version')} (expected {FORMAT_VERSION})")
-                snap = cls(
-                    tuple(json.loads(bytes(z["problem_ids"]).decode())),
-                    z["problem_index"].astype(np.int32),
-                    z["steps"].astype(np.int64),
-                    z["offsets"].astype(np.int64),
-                    z["tokens"].astype(np.int32),
-                    int(meta["next_step"]),
-                )
-        except SnapshotError:
-            raise
-        except Exception as exc:  # zip/npz/json corruption of any kind
-            raise SnapshotError(f"corrupt history snapshot: {exc}") from exc
-        snap.validate()
+        snap, _ = _decode(data, (FORMAT,))
+        assert isinstance(snap, HistorySnapshot)
         return snap
+
+    @classmethod
+    def _from_npz(cls, z: Any, meta: dict) -> "HistorySnapshot":
+        return cls(
+            tuple(json.loads(bytes(z["problem_ids"]).decode())),
+            z["problem_index"].astype(np.int32),
+            z["steps"].astype(np.int64),
+            z["offsets"].astype(np.int64),
+            z["tokens"].astype(np.int32),
+            int(meta["next_step"]),
+        )
+
+    def _arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}problem_ids": np.frombuffer(json.dumps(list(self.problem_ids)).encode(), np.uint8),
+            f"{prefix}problem_index": self.problem_index,
+            f"{prefix}steps": self.steps,
+            f"{prefix}offsets": self.offsets,
+            f"{prefix}tokens": self.tokens,
+        }
 
     @classmethod
     def load(cls, path: str | Path) -> "HistorySnapshot":
@@ -215,3 +225,137 @@ class HistorySnapshot:
         )
         if not ok:
             raise SnapshotError("inconsistent history snapshot arrays")
+
+
+@dataclass(frozen=True)
+class HistoryDelta:
+    """The change of one engine's history between two step boundaries.
+
+    Applied to the snapshot ``prev`` the engine holds (:meth:`apply`): problems
+    ``gone_problems`` and (problem, step) buckets ``gone_buckets`` are removed, every bucket of
+    ``put`` replaces the engine's bucket of that (problem, step) whole, and the problem order
+    becomes ``prev``'s remaining problems not in ``order_tail``, then ``order_tail`` (the store's
+    least-recently-updated order). ``classes``: length classes that changed (None: the problem
+    has none any more). ``base`` / ``version``: the history versions before and after.
+    """
+
+    next_step: int
+    gone_problems: tuple[str, ...]
+    gone_buckets: tuple[tuple[str, int], ...]
+    put: HistorySnapshot
+    order_tail: tuple[str, ...]
+    classes: dict[str, str | None]
+    base: str | None = None
+    version: str | None = None
+
+    def apply(self, prev: HistorySnapshot) -> HistorySnapshot:
+        """The snapshot after this delta (``prev`` is not modified)."""
+        buckets: dict[str, dict[int, list[np.ndarray]]] = {}
+        for snap in (prev, self.put):
+            fresh: set[tuple[str, int]] = set()
+            for r in snap.rollouts():
+                by_step = buckets.setdefault(r.problem_id, {})
+                if snap is self.put and (r.problem_id, r.step) not in fresh:
+                    by_step[r.step] = []  # a put bucket replaces the engine's whole
+                    fresh.add((r.problem_id, r.step))
+                by_step.setdefault(r.step, []).append(r.tokens)
+        for p in self.gone_problems:
+            buckets.pop(p, None)
+        for p, step in self.gone_buckets:
+            buckets.get(p, {}).pop(step, None)
+        tail = set(self.order_tail)
+        order = [p for p in dict.fromkeys(prev.problem_ids) if p in buckets and p not in tail]
+        order += [p for p in self.order_tail if p in buckets]
+        missing = set(buckets) - set(order)
+        if missing:
+            raise SnapshotError(f"history delta leaves problems out of the order: {sorted(missing)[:3]}")
+        return HistorySnapshot.from_rollouts(
+            [Rollout(p, step, t) for p in order for step in sorted(buckets[p]) for t in buckets[p][step]],
+            self.next_step,
+        )
+
+    def to_npz_bytes(self, compress: bool = True) -> bytes:
+        buf = io.BytesIO()
+        meta = {
+            "format": DELTA_FORMAT, "version": DELTA_VERSION, "next_step": self.next_step,
+            "base": self.base, "history_version": self.version,
+            "gone_problems": list(self.gone_problems), "gone_buckets": [list(b) for b in self.gone_buckets],
+            "order_tail": list(self.order_tail), "classes": self.classes,
+        }
+        (np.savez_compressed if compress else np.savez)(
+            buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **self.put._arrays("put_")
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes) -> "HistoryDelta":
+        delta, _ = _decode(data, (DELTA_FORMAT,))
+        assert isinstance(delta, HistoryDelta)
+        return delta
+
+
+class HistoryFeed:
+    """An engine's receiving end of history payloads (one per TP rank): whole snapshots and
+    :class:`HistoryDelta`\\ s, each turned into the whole snapshot the engine loads.
+
+    Memory: the last snapshot (int32 tokens, 4 B per history token; an engine's suffix trees
+    hold ~400 B per token per tree)."""
+
+    def __init__(self) -> None:
+        self.snapshot: HistorySnapshot | None = None
+        self.version: str | None = None
+        self.classes: dict[str, str] = {}
+        self.deltas = 0
+        self.full = 0
+
+    def receive(self, data: bytes, classes: dict[str, str] | None = None) -> tuple[HistorySnapshot, dict[str, str] | None]:
+        """The history and classes after ``data`` (a snapshot, with its ``classes``, or a delta,
+        whose class changes apply to the classes held). Raises :class:`SnapshotError` for a delta
+        of another base version (nothing is changed then)."""
+        obj, meta = _decode(data, (FORMAT, DELTA_FORMAT))
+        if isinstance(obj, HistorySnapshot):
+            self.snapshot, self.version = obj, meta.get("history_version")
+            self.classes = dict(classes) if classes is not None else {}
+            self.full += 1
+            return obj, classes
+        if self.snapshot is None or obj.base is None or obj.base != self.version:
+            raise SnapshotError(f"history delta for base {obj.base!r}, this engine holds {self.version!r}")
+        snap = obj.apply(self.snapshot)
+        merged = dict(self.classes)
+        for p, c in obj.classes.items():
+            if c is None:
+                merged.pop(p, None)
+            else:
+                merged[p] = c
+        self.snapshot, self.version, self.classes = snap, obj.version, merged
+        self.deltas += 1
+        return snap, merged
+
+
+def _decode(data: bytes, formats: tuple[str, ...]) -> tuple["HistorySnapshot | HistoryDelta", dict]:
+    """Parse npz ``data`` of one of ``formats``; validates arrays. SnapshotError otherwise."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            fmt = meta.get("format")
+            if fmt not in formats:
+                raise SnapshotError(f"not a history snapshot (format={fmt!r})")
+            expected = FORMAT_VERSION if fmt == FORMAT else DELTA_VERSION
+            if meta.get("version") != expected:
+                raise SnapshotError(f"unsupported snapshot version {meta.get('version')} (expected {expected})")
+            if fmt == FORMAT:
+                obj: HistorySnapshot | HistoryDelta = HistorySnapshot._from_npz(z, meta)
+                obj.validate()
+            else:
+                put = HistorySnapshot._from_npz({k[4:]: z[k] for k in z.files if k.startswith("put_")}, meta)
+                put.validate()
+                obj = HistoryDelta(
+                    int(meta["next_step"]), tuple(meta["gone_problems"]),
+                    tuple((str(p), int(s)) for p, s in meta["gone_buckets"]), put, tuple(meta["order_tail"]),
+                    dict(meta["classes"]), meta.get("base"), meta.get("history_version"),
+                )
+    except SnapshotError:
+        raise
+    except Exception as exc:  # zip/npz/json corruption of any kind
+        raise SnapshotError(f"corrupt history snapshot: {exc}") from exc
+    return obj, meta

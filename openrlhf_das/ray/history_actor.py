@@ -7,10 +7,13 @@ Data flow per RL step ``s`` (see ``docs/history-actor.md``)::
                            ──► pull das_get_stats(reset=True) from every engine, merge, record
                                one step record in RUN_DIR/steps.jsonl (RunRecorder, fsync)
                            ──► length classes for the next batch (assign_length_classes)
-                           ──► per-engine snapshots (npz bytes; only the engine's problems when
-                               prompts are pinned by ``engine_for_problem``) → das_load_snapshot
-                               on every engine, waiting for the swap (``push=True``) — or built
-                               in a background thread and swapped by ``push_snapshots()``
+                           ──► per-engine history deltas (npz bytes; only the engine's problems
+                               when prompts are pinned by ``engine_for_problem``): the buckets
+                               that changed since what the engine holds, with the changed length
+                               classes → das_load_snapshot on every engine, waiting for the swap
+                               (``push=True``) — or built in a background thread and swapped by
+                               ``push_snapshots()``. An engine that holds nothing of this actor
+                               (start, restart, a failed push) gets its whole snapshot instead
                            ──► every ``snapshot_every`` steps: checkpoint to RUN_DIR/history/
 
 Engines are Ray actor handles with ``das_rpc(method, *args, **kwargs)`` forwarding to
@@ -36,6 +39,8 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import uuid
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -43,19 +48,41 @@ from typing import Any, Mapping, Sequence
 import ray
 
 from ..config import DASConfig
+from ..drafter import HistoryDelta
 from ..policy import assign_length_classes
 from .aggregate import merge_acceptance, merge_engine_stats
 from .run_dir import RunRecorder, iter_records
 from .scalars import step_scalars
-from .history_store import HistoryStore
+from .history_store import BucketState, HistoryStore
 from .persistence import CheckpointError, load_checkpoint, save_checkpoint
 from .rollouts import FinishedRollout, coerce_rollouts
 from .sharding import shard_problems
 
 logger = logging.getLogger(__name__)
 
-Payload = tuple[bytes, dict[str, str]]
-"""What one engine gets: snapshot npz bytes and ``{problem_id: length class}``."""
+
+@dataclass
+class Payload:
+    """What one engine gets at a step boundary: ``data`` (history delta npz bytes, or the whole
+    snapshot's with ``classes``), and what it then holds (``version``, ``state``, ``classes_held``)."""
+
+    data: bytes
+    classes: dict[str, str] | None
+    version: str
+    state: BucketState
+    classes_held: dict[str, str]
+    problems: frozenset[str] | None
+    delta: bool
+    next_step: int
+
+
+@dataclass
+class _Held:
+    """What the actor last shipped an engine successfully."""
+
+    version: str
+    state: BucketState
+    classes: dict[str, str]
 
 
 class RolloutHistoryActor:
@@ -115,6 +142,12 @@ class RolloutHistoryActor:
         self._pending: list[FinishedRollout] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="das-snapshot")
         self._build: Future[list[Payload]] | None = None
+        self._session = uuid.uuid4().hex[:12]  # history versions of another actor never match
+        self._versions = 0
+        self._held: list[_Held | None] = [None] * len(self.engines)
+        self.shipped = {"bytes": 0, "deltas": 0, "snapshots": 0, "resent": 0}
+        """History payloads sent to engines: total bytes, deltas, whole snapshots, and whole
+        snapshots resent after an engine refused a delta."""
         self._steps_since_checkpoint = 0
         self.last_step, self._acceptance = self._read_records()
         self.store, self.restored_step, self.restore_error = self._restore()
@@ -150,7 +183,9 @@ class RolloutHistoryActor:
         ranks every problem in the history. ``push=False`` builds the snapshots in the
         background; call :meth:`push_snapshots` before the next rollout.
 
-        Returns ``{"step", "classes": {problem_id: class}, "metrics": {"das/...": float},
+        Length classes reach the engines with their history (one channel); the result carries
+        them (``"classes": {problem_id: class}``) only for the ``next_problem_ids`` asked about
+        (None otherwise). Returns ``{"step", "classes", "metrics": {"das/...": float},
         "engines": [per-engine load result] (push=True), "errors": [str]}``.
         """
         self._discard_build()
@@ -185,7 +220,8 @@ class RolloutHistoryActor:
         if self._steps_since_checkpoint >= self.snapshot_every:
             self.save_checkpoint()
         _trim_heap()
-        return {"step": step, "classes": classes, "metrics": step_scalars(record), "engines": loaded, "errors": errors}
+        return {"step": step, "classes": classes if next_problem_ids is not None else None,
+                "metrics": step_scalars(record), "engines": loaded, "errors": errors}
 
     def push_snapshots(self) -> list[dict[str, Any]]:
         """Ship the prepared snapshots to every engine and wait until each has swapped them in.
@@ -199,18 +235,34 @@ class RolloutHistoryActor:
         self._build = None
         refs: dict[int, Any] = {}
         calls = []
-        for engine, (data, classes) in zip(self.engines, payloads, strict=True):
-            if id(data) not in refs:  # one object-store copy per distinct payload
-                refs[id(data)] = ray.put(data)
-            ref = refs[id(data)]
-            calls.append(engine.das_rpc.remote("das_load_snapshot", ref, classes))
+        for engine, pay in zip(self.engines, payloads, strict=True):
+            if id(pay.data) not in refs:  # one object-store copy per distinct payload
+                refs[id(pay.data)] = ray.put(pay.data)
+            calls.append(engine.das_rpc.remote("das_load_snapshot", refs[id(pay.data)], pay.classes))
         out = []
-        for i, call in enumerate(calls):
+        for i, (call, pay) in enumerate(zip(calls, payloads)):
+            self._held[i] = None  # until the engine confirms
             try:
-                out.append({"engine": i, "history": _rank0(ray.get(call, timeout=self.rpc_timeout_s))})
+                history = _rank0(ray.get(call, timeout=self.rpc_timeout_s))
             except Exception as exc:  # noqa: BLE001 - one engine's failure must not stop the others
-                logger.error("engine %d: das_load_snapshot failed: %s", i, exc)
-                out.append({"engine": i, "error": f"engine {i}: das_load_snapshot failed: {_describe(exc)}"})
+                if pay.delta:  # e.g. the engine restarted: it holds no base for the delta
+                    logger.warning("engine %d refused a history delta (%s); sending its whole snapshot", i, _describe(exc))
+                    pay = self._full_payload(pay)
+                    self.shipped["resent"] += 1
+                    try:
+                        history = _rank0(ray.get(engine_call(self.engines[i], pay), timeout=self.rpc_timeout_s))
+                    except Exception as exc2:  # noqa: BLE001
+                        exc = exc2
+                    else:
+                        exc = None
+                if exc is not None:
+                    logger.error("engine %d: das_load_snapshot failed: %s", i, exc)
+                    out.append({"engine": i, "error": f"engine {i}: das_load_snapshot failed: {_describe(exc)}"})
+                    continue
+            self._held[i] = _Held(pay.version, pay.state, pay.classes_held)
+            self.shipped["bytes"] += len(pay.data)
+            self.shipped["deltas" if pay.delta else "snapshots"] += 1
+            out.append({"engine": i, "history": history})
         return out
 
     # ------------------------------------------------------------------ persistence / status
@@ -225,6 +277,21 @@ class RolloutHistoryActor:
         )
         self._steps_since_checkpoint = 0
         return str(path)
+
+    def save_for_global_step(self, global_step: int) -> str:
+        """Checkpoint the history as of the trainer's checkpoint of ``global_step`` (DAS steps
+        ``<= global_step - 1``) for a resumed job (:mod:`.resume`); returns the state path."""
+        from .resume import save_for_global_step
+
+        return save_for_global_step(self, global_step)
+
+    def resume_at(self, global_step: int) -> dict[str, Any]:
+        """Continue a job resumed from the trainer's checkpoint of ``global_step``: that
+        checkpoint's history, records of later steps set aside, the restored snapshot ready for
+        the next :meth:`push_snapshots` (:mod:`.resume`)."""
+        from .resume import rewind_to_global_step
+
+        return rewind_to_global_step(self, global_step)
 
     def status(self) -> dict[str, Any]:
         """Actor state: process id, last recorded step, queue, history size, RSS, restore
@@ -241,6 +308,7 @@ class RolloutHistoryActor:
             "restored_step": self.restored_step,
             "restore_error": self.restore_error,
             "acceptance": self._acceptance,
+            "shipped": dict(self.shipped),
         }
 
     # ------------------------------------------------------------------ internals
@@ -256,7 +324,7 @@ class RolloutHistoryActor:
             "late": sum(r.step != step for r in pending),  # rollouts filed under another step
             "problems": len({r.problem_id for r in pending}),
             "response_tokens": sum(r.response_length for r in pending),
-            "prompt_tokens": sum(int(r.prompt_token_ids.size) for r in pending),
+            "prompt_tokens": sum(r.prompt_tokens for r in pending),
             "mean_reward": sum(rewards) / len(rewards) if rewards else None,
             "policy_versions": [min(versions), max(versions)] if versions else None,
         }
@@ -273,17 +341,48 @@ class RolloutHistoryActor:
         return stats, errors
 
     def _build_payloads(self, next_step: int, classes: dict[str, str]) -> list[Payload]:
-        """Per-engine (npz bytes, classes); unpinned engines share one bytes object."""
+        """Per engine: a delta against what it holds, or its whole snapshot when it holds
+        nothing of this actor. Engines holding the same version of the same problems (all of
+        them without pinning) share one payload."""
         if not self.engines:
             return []
-        if not self.pin_problems:
-            data = self.store.snapshot(next_step).to_npz_bytes()
-            return [(data, classes)] * len(self.engines)
-        shards = shard_problems(set(self.store.problem_ids()) | set(classes), len(self.engines))
-        return [
-            (self.store.snapshot(next_step, shard).to_npz_bytes(), {p: c for p, c in classes.items() if p in shard})
-            for shard in shards
-        ]
+        if self.pin_problems:
+            shards = shard_problems(set(self.store.problem_ids()) | set(classes), len(self.engines))
+            problems: list[frozenset[str] | None] = [frozenset(s) for s in shards]
+        else:
+            problems = [None] * len(self.engines)
+        out: list[Payload] = []
+        shared: dict[tuple[str | None, int], Payload] = {}
+        for i, shard in enumerate(problems):
+            held = self._held[i]
+            key = (held.version if held is not None else None, i if shard is not None else -1)
+            if key in shared:
+                out.append(shared[key])
+                continue
+            mine = classes if shard is None else {p: c for p, c in classes.items() if p in shard}
+            version = self._next_version()
+            if held is None:
+                pay = self._full_payload(Payload(b"", None, version, {}, mine, shard, False, next_step))
+            else:
+                changed: dict[str, str | None] = {p: c for p, c in mine.items() if held.classes.get(p) != c}
+                changed.update({p: None for p in held.classes if p not in mine})
+                delta, state = self.store.delta(held.state, next_step, shard, changed)
+                delta = HistoryDelta(**{**delta.__dict__, "base": held.version, "version": version})
+                pay = Payload(delta.to_npz_bytes(), None, version, state, mine, shard, True, next_step)
+            shared[key] = pay
+            out.append(pay)
+        return out
+
+    def _full_payload(self, pay: Payload) -> Payload:
+        """``pay`` as the engine's whole snapshot (same problems and classes, a new version)."""
+        version = self._next_version()
+        snap = self.store.snapshot(pay.next_step, pay.problems)
+        return Payload(snap.to_npz_bytes(history_version=version), dict(pay.classes_held), version,
+                       self.store.bucket_state(pay.problems), pay.classes_held, pay.problems, False, pay.next_step)
+
+    def _next_version(self) -> str:
+        self._versions += 1
+        return f"{self._session}:{self._versions}"
 
     def _discard_build(self) -> None:
         """Wait for (and drop) a prepared but unpushed build: the store is about to change."""
@@ -336,6 +435,11 @@ def create_history_actor(
     if name is not None:
         options["name"] = name
     return cls.options(**options).remote(str(run_dir), config, list(engines), **kwargs)
+
+
+def engine_call(engine: Any, pay: Payload) -> Any:
+    """``das_load_snapshot`` of ``pay`` on ``engine`` (a Ray call)."""
+    return engine.das_rpc.remote("das_load_snapshot", pay.data, pay.classes)
 
 
 def _rank0(result: Any) -> Any:

@@ -2,37 +2,29 @@
 
 The actor never drafts, so it keeps plain int32 token arrays (4 bytes per token, plus ~100 B
 per response) instead of suffix trees (~180 B per token per tree), and builds
-:class:`~openrlhf_das.drafter.HistorySnapshot`\\ s from them for the engines.
+:class:`~openrlhf_das.drafter.HistorySnapshot`\\ s and per-step
+:class:`~openrlhf_das.drafter.HistoryDelta`\\ s from them for the engines.
 
-Invariants (the same as :class:`~openrlhf_das.drafter.HistoryIndex`, so an engine's index built
-from a snapshot holds exactly what the store holds for its problems):
-
-* A problem keeps the responses of the last ``window`` steps *in which it appeared* (W counts
-  appearances, not wall-clock steps). A response of a step older than all of a full window is
-  dropped (counted in ``dropped_rollouts``).
-* ``tokens`` never exceeds ``max_tokens`` after :meth:`add` returns: least recently updated
-  problems are evicted first, then the oldest steps of the problem being filled; a single step
-  larger than the cap evicts its problem.
-* Problems are kept in least-recently-updated order; snapshots list them in that order, so a
-  store rebuilt from its snapshot (:meth:`from_snapshot`) has the same order and content.
+The window, cap and LRU rules are those of :class:`~openrlhf_das.drafter.window.WindowedBuckets`,
+the one implementation the engines' :class:`~openrlhf_das.drafter.HistoryIndex` uses too, so an
+engine's index built from a snapshot holds exactly what the store holds for its problems.
+Problems are kept in least-recently-updated order; snapshots list them in that order, so a store
+rebuilt from its snapshot (:meth:`from_snapshot`) has the same order and content.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AbstractSet, Iterable
 
 import numpy as np
 
-from ..drafter import HistorySnapshot, Rollout
+from ..drafter import HistoryDelta, HistorySnapshot, Rollout
 from ..drafter.suffix_tree import as_tokens
+from ..drafter.window import WindowedBuckets
 
-
-@dataclass
-class _Step:
-    step: int
-    responses: list[np.ndarray] = field(default_factory=list)
+BucketState = dict[str, list[tuple[int, int]]]
+"""``{problem_id: [(step, rev), ...]}`` in LRU order: what an engine was last sent."""
 
 
 @dataclass(frozen=True)
@@ -56,39 +48,42 @@ class HistoryStore:
     def __init__(self, window: int, max_tokens: int) -> None:
         if window < 1 or max_tokens < 1:
             raise ValueError(f"window and max_tokens must be >= 1, got {window=}, {max_tokens=}")
-        self.window = window
-        self.max_tokens = max_tokens
-        self._problems: OrderedDict[str, list[_Step]] = OrderedDict()  # steps ascending
-        self._tokens = 0
-        self._rollouts = 0
-        self._evicted = 0
-        self._dropped = 0
+        self._w: WindowedBuckets[np.ndarray] = WindowedBuckets(window, max_tokens, _size)
+
+    @property
+    def window(self) -> int:
+        return self._w.window
+
+    @property
+    def max_tokens(self) -> int:
+        return self._w.max_tokens
 
     # ------------------------------------------------------------------ queries
     @property
     def tokens(self) -> int:
-        return self._tokens
+        return self._w.tokens
 
     def __contains__(self, problem_id: str) -> bool:
-        return problem_id in self._problems
+        return problem_id in self._w
 
     def problem_ids(self) -> list[str]:
         """Problems, least recently updated first."""
-        return list(self._problems)
+        return self._w.problem_ids()
 
     def steps_of(self, problem_id: str) -> list[int]:
-        return [s.step for s in self._problems.get(problem_id, ())]
+        return self._w.steps_of(problem_id)
 
     def response_lengths(self, problem_id: str) -> list[int]:
         """Lengths (tokens) of the problem's responses inside its window."""
-        return [int(r.size) for s in self._problems.get(problem_id, ()) for r in s.responses]
+        return [int(r.size) for r in self._w.items_of(problem_id)]
 
     def past_lengths(self, problem_ids: Iterable[str]) -> dict[str, list[int]]:
         """``response_lengths`` of each known problem of ``problem_ids``."""
-        return {p: self.response_lengths(p) for p in problem_ids if p in self._problems}
+        return {p: self.response_lengths(p) for p in problem_ids if p in self._w}
 
     def stats(self) -> StoreStats:
-        return StoreStats(len(self._problems), self._rollouts, self._tokens, 4 * self._tokens, self._evicted, self._dropped)
+        w = self._w
+        return StoreStats(len(w), w.items, w.tokens, 4 * w.tokens, w.evicted, w.dropped)
 
     # ------------------------------------------------------------------ updates
     def add(self, problem_id: str, step: int, tokens: Iterable[int] | np.ndarray) -> bool:
@@ -96,42 +91,54 @@ class HistoryStore:
 
         The tokens are copied: arrays that arrived through Ray may be zero-copy views of a whole
         object-store buffer, which the store must not keep alive."""
-        arr = np.array(as_tokens(tokens), copy=True)
-        steps = self._problems.get(problem_id)
-        if steps is None:
-            steps = self._problems[problem_id] = []
-        else:
-            self._problems.move_to_end(problem_id)
-        bucket = next((s for s in steps if s.step == step), None)
-        if bucket is None:
-            if len(steps) >= self.window and step < steps[0].step:
-                self._dropped += 1
-                return False
-            bucket = _Step(step)
-            steps.append(bucket)
-            steps.sort(key=lambda s: s.step)
-            while len(steps) > self.window:
-                self._drop_oldest(steps)
-        bucket.responses.append(arr)
-        self._tokens += arr.size
-        self._rollouts += 1
-        self._enforce_cap(problem_id)
-        return True
+        return self._w.add(problem_id, step, np.array(as_tokens(tokens), copy=True)) is not None
 
     def set_max_tokens(self, max_tokens: int) -> None:
         """Change the cap (evicting at once if it shrank)."""
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        self.max_tokens = max_tokens
-        self._enforce_cap(None)
+        self._w.set_max_tokens(max_tokens)
 
-    # ------------------------------------------------------------------ snapshots
+    # ------------------------------------------------------------------ snapshots and deltas
     def snapshot(self, next_step: int, problems: AbstractSet[str] | None = None) -> HistorySnapshot:
         """The history of ``problems`` (all when None) as a snapshot, problems in LRU order."""
-        pids = self._problems if problems is None else [p for p in self._problems if p in problems]
         return HistorySnapshot.from_rollouts(
-            [Rollout(p, s.step, r) for p in pids for s in self._problems[p] for r in s.responses], next_step
+            [Rollout(p, b.step, r) for p in self._pids(problems) for b in self._w.buckets(p) for r in b.items], next_step
         )
+
+    def bucket_state(self, problems: AbstractSet[str] | None = None) -> BucketState:
+        """``(step, rev)`` of every bucket of ``problems`` (all when None), problems in LRU order."""
+        return {p: [(b.step, b.rev) for b in self._w.buckets(p)] for p in self._pids(problems)}
+
+    def delta(self, base: BucketState, next_step: int, problems: AbstractSet[str] | None = None,
+              classes: dict[str, str | None] | None = None) -> tuple[HistoryDelta, BucketState]:
+        """What turns the snapshot an engine built from ``base`` (a former :meth:`bucket_state`)
+        into ``snapshot(next_step, problems)``: the buckets that are new or changed (whole),
+        those that are gone, and the tail of the new problem order. Returns the delta and the new
+        state. Its cost is that of the changed buckets (plus O(buckets) bookkeeping)."""
+        now = self.bucket_state(problems)
+        gone_problems = [p for p in base if p not in now]
+        gone_buckets: list[tuple[str, int]] = []
+        put: list[Rollout] = []
+        for p, buckets in now.items():
+            old = dict(base.get(p, ()))
+            steps = {s for s, _ in buckets}
+            gone_buckets += [(p, s) for s in old if s not in steps]
+            for b in self._w.buckets(p):
+                if old.get(b.step) != b.rev:
+                    put += [Rollout(p, b.step, r) for r in b.items]
+        kept_old = [p for p in base if p in now]
+        new_order = list(now)
+        same = 0
+        while same < len(kept_old) and kept_old[same] == new_order[same]:
+            same += 1
+        delta = HistoryDelta(
+            next_step=int(next_step),
+            gone_problems=tuple(gone_problems),
+            gone_buckets=tuple(gone_buckets),
+            put=HistorySnapshot.from_rollouts(put, next_step),
+            order_tail=tuple(new_order[same:]),
+            classes=dict(classes or {}),
+        )
+        return delta, now
 
     @classmethod
     def from_snapshot(cls, snapshot: HistorySnapshot, window: int, max_tokens: int) -> "HistoryStore":
@@ -141,25 +148,10 @@ class HistoryStore:
             store.add(r.problem_id, r.step, r.tokens)
         return store
 
-    # ------------------------------------------------------------------ internals
-    def _drop_oldest(self, steps: list[_Step]) -> None:
-        old = steps.pop(0)
-        self._tokens -= sum(r.size for r in old.responses)
-        self._rollouts -= len(old.responses)
+    def _pids(self, problems: AbstractSet[str] | None) -> list[str]:
+        pids = self._w.problem_ids()
+        return pids if problems is None else [p for p in pids if p in problems]
 
-    def _evict(self, problem_id: str) -> None:
-        steps = self._problems.pop(problem_id)
-        while steps:
-            self._drop_oldest(steps)
-        self._evicted += 1
 
-    def _enforce_cap(self, keep: str | None) -> None:
-        while self._tokens > self.max_tokens:
-            victim = next((p for p in self._problems if p != keep), None)
-            if victim is not None:
-                self._evict(victim)
-            elif len(self._problems[keep]) > 1:  # type: ignore[index]
-                self._drop_oldest(self._problems[keep])  # type: ignore[index]
-            else:  # one step of one problem exceeds the cap
-                self._evict(keep)  # type: ignore[arg-type]
-
+def _size(tokens: np.ndarray) -> int:
+    return int(tokens.size)

@@ -3,6 +3,12 @@
 
 Payloads are plain: snapshot bytes (npz, loaded with ``allow_pickle=False``), dicts of strings
 and numbers. Every TP rank holds its own drafter; feed all ranks the same snapshot.
+
+History arrives as a whole snapshot or as a :class:`~openrlhf_das.drafter.HistoryDelta` against
+the last one (what the history actor sends between steps); each rank's
+:class:`~openrlhf_das.drafter.HistoryFeed` turns it into the whole snapshot, which the proposer
+loads as before (``load_snapshot_bytes``: host trees updated in place, or the device indexes
+rebuilt), so every engine kind ends up with the same history either way.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import versions
+from ...drafter import HistoryFeed
 
 
 class DASWorkerExtension:
@@ -22,8 +29,18 @@ class DASWorkerExtension:
         return drafter
 
     def das_load_snapshot(self, data: bytes, classes: dict[str, str] | None = None) -> dict[str, int]:
-        """Swap in the history of ``data``; returns the new history stats."""
-        return self._das_proposer().load_snapshot_bytes(data, classes)
+        """Swap in the history of ``data`` (a snapshot, or a delta against the last one; a delta
+        of another base raises ``SnapshotError`` and changes nothing); returns the new history
+        stats."""
+        proposer = self._das_proposer()
+        feed = self.__dict__.get("_das_feed")
+        if feed is None:
+            feed = self._das_feed = HistoryFeed()
+        deltas = feed.deltas
+        snap, classes = feed.receive(data, classes)
+        if feed.deltas != deltas:  # the proposer loads whole snapshots: hand it the result, uncompressed
+            data = snap.to_npz_bytes(compress=False)
+        return proposer.load_snapshot_bytes(data, classes)
 
     def das_update_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Apply dotted DAS-config overrides (e.g. ``{"gate.mode": "off"}``) between steps."""

@@ -6,7 +6,9 @@
   issues for them (all ``num_samples`` samples, every turn of a multi-turn agent) carries them in
   ``SamplingParams.extra_args["das"]`` on a per-request copy (:func:`with_das_metadata`; OpenRLHF
   shares one ``SamplingParams`` object). Without ``problem_id`` the id is the prompt hash
-  (:func:`~.problem_ids.prompt_hash`), the same the trainer side computes. ``das_rpc(method,
+  (:func:`~.problem_ids.prompt_hash`), the same the trainer side computes. Every response it
+  returns carries the id (``das_problem_id``), so the trainer records it without resolving the
+  prompt again. ``das_rpc(method,
   *args, **kwargs)`` forwards to ``llm.collective_rpc`` (list over workers), which the history
   actor uses for ``das_load_snapshot`` / ``das_get_stats``. With ``--das.partial_rollout`` its
   ``pause_generation`` / ``resume_generation`` cut and resume in-flight samples across weight syncs
@@ -107,9 +109,9 @@ class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
         token = _REQUEST.set((pid, length_class))
         try:
             if self._das_partial is None:
-                return await super().generate_responses(
+                return _with_problem_id(await super().generate_responses(
                     prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
-                )
+                ), pid)
 
             async def one_sample() -> dict[str, Any]:
                 # OpenRLHF's generate_responses runs `executor.execute` once per sample; here each
@@ -123,7 +125,7 @@ class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
                 response["das_weight_versions"] = partial.response_segments(runs)
                 return response
 
-            return await asyncio.gather(*(one_sample() for _ in range(num_samples)))
+            return _with_problem_id(await asyncio.gather(*(one_sample() for _ in range(num_samples))), pid)
         finally:
             _REQUEST.reset(token)
 
@@ -134,6 +136,14 @@ class DASRolloutActor(_BASE):  # type: ignore[misc, valid-type]
 
 
 DASRolloutRayActor = ray.remote(DASRolloutActor)
+
+
+def _with_problem_id(responses: list[Any], pid: str) -> list[Any]:
+    """``responses`` (OpenRLHF's dicts) with ``das_problem_id`` set: the id travels back with them."""
+    for r in responses:
+        if isinstance(r, dict):
+            r["das_problem_id"] = pid
+    return responses
 
 
 class _DASActorFactory:

@@ -33,6 +33,7 @@ ID_FIELDS = ("problem_id", "id")
 _lock = threading.Lock()
 _by_prompt: dict[str, str] = {}
 _conflicts = 0
+_resolutions = 0
 
 
 def prompt_hash(prompt: str) -> str:
@@ -77,8 +78,16 @@ def register(row: Mapping[str, Any] | Any, prompt: str) -> str:
 
 def resolve(prompt: str) -> str:
     """The problem id of a prompt text seen in this process (registered id, else the hash)."""
+    global _resolutions
+    _resolutions += 1
     pid = _by_prompt.get(prompt)
     return pid if pid is not None else prompt_hash(prompt)
+
+
+def resolutions() -> int:
+    """How many times :func:`resolve` ran in this process (the trainer resolves each dispatched
+    prompt once; the id then travels with the request and its responses)."""
+    return _resolutions
 
 
 def registered() -> int:

@@ -16,9 +16,14 @@ from ``SamplesGenerator.generate_samples``, so that one method is the step bound
    logs show them next to reward and length.
 
 Dispatch (``_dispatch_prompts_to_vllm``) is OpenRLHF's own, run over routing proxies of the
-engines: each ``generate_responses`` call gets ``problem_id`` / ``length_class`` keyword
-arguments and, with ``sticky``, goes to engine ``engine_for_problem(problem_id, n)`` whichever
-engine OpenRLHF's load balancer chose.
+engines: each ``generate_responses`` call gets a ``problem_id`` keyword argument (resolved from the
+prompt text here, once) and, with ``sticky``, goes to engine ``engine_for_problem(problem_id, n)``
+whichever engine OpenRLHF's load balancer chose. The DAS rollout actor returns the id with every
+response (``das_problem_id``), so capturing a rollout does not resolve it again. Length classes
+go from the history actor to the engines with their history, not through the trainer.
+
+What crosses to the history actor per response: the problem id, the response tokens (int32),
+the prompt's length (not its tokens: only counted there), the reward.
 
 Evaluation generation (``generate_eval_samples``) is tagged too but never recorded as history.
 Everything here is inert unless this process has a DAS config and the history actor exists
@@ -68,10 +73,11 @@ class GeneratorState:
         self.history = history
         self.sticky = integ.sticky
         self.step = int(ray.get(history.status.remote())["last_step"]) + 1  # continue a resumed run
-        self.classes: dict[str, str] = {}
         self.capturing = False
         self.captured: list[dict[str, Any]] = []
-        self.push_pending = False
+        # a resumed job's history actor has the restored history ready (resume_at): push it before
+        # the first generation; otherwise push_snapshots() is a no-op
+        self.push_pending = True
         self.events: collections.deque[tuple[str, int]] = collections.deque(maxlen=3000)
         """("push"|"generate"|"end_step", step) in order (the last 1000 steps): the step-boundary
         protocol, for tests and post-mortems."""
@@ -117,7 +123,6 @@ class GeneratorState:
             logger.exception("DAS: recording step %d failed; its rollouts are not in the history", step)
             return
         self.events.append(("end_step", step))
-        self.classes = dict(result.get("classes") or {})
         self.push_pending = True
         self.last_result = result
         metrics = result.get("metrics") or {}
@@ -137,9 +142,10 @@ class GeneratorState:
             return
         tokens = np.asarray(tokens, dtype=np.int32)
         reward = response.get("reward")
+        pid = response.get("das_problem_id")  # carried from dispatch by the DAS rollout actor
         self.captured.append({
-            "problem_id": problem_ids.resolve(response["prompt"]),
-            "prompt_token_ids": tokens[: ranges[0][0]],
+            "problem_id": pid if pid else problem_ids.resolve(response["prompt"]),
+            "prompt_tokens": int(ranges[0][0]),
             # generated tokens only (a multi-turn agent's environment feedback is left out)
             "response_token_ids": np.concatenate([tokens[s:e] for s, e in ranges]),
             "step": 0,  # set at the end of the step
@@ -182,8 +188,8 @@ def state_of(generator: Any) -> GeneratorState | None:
 
 # ---------------------------------------------------------------------- engine routing
 class _RoutedEngine:
-    """Proxy of one engine handle: ``generate_responses.remote`` gets the DAS kwargs and, when
-    sticky, the engine of the problem; everything else is the engine's."""
+    """Proxy of one engine handle: ``generate_responses.remote`` gets the problem id and, when
+    sticky, goes to the engine of the problem; everything else is the engine's."""
 
     def __init__(self, engines: list[Any], index: int, st: GeneratorState) -> None:
         self._engines, self._index, self._st = engines, index, st
@@ -208,7 +214,6 @@ class _RoutedMethod:
         pid = problem_ids.resolve(prompt)
         index = engine_for_problem(pid, len(p._engines)) if p._st.sticky else p._index
         kwargs["problem_id"] = pid
-        kwargs["length_class"] = p._st.classes.get(pid)
         return p._engines[index].generate_responses.remote(*args, **kwargs)
 
 
