@@ -146,6 +146,11 @@ def test_no_bringup_or_benchmark_modules_in_the_package() -> None:
     assert (ROOT / "benchmarks" / "gpu" / "gpu_compat_site" / "sitecustomize.py").is_file()
     partial = [str(p.relative_to(PACKAGE)) for p in files if p.stem == "partial"]
     assert partial == ["integrations/openrlhf/partial.py"]
+    # changing PYTHONPATH for every process started later is what bring-up hooks do; the one module
+    # that does it is the flash-attn stand-in, which OpenRLHF's imports need on any machine without
+    # flash-attn, the CPU quick start included (product; docs/design.md "Product vs scaffolding")
+    writers = [str(p.relative_to(PACKAGE)) for p in files if 'os.environ["PYTHONPATH"]' in p.read_text()]
+    assert writers == ["integrations/openrlhf/flash_attn_shim/__init__.py"]
     # nothing in the engine adapter drives an engine itself (that is a benchmark's or a trainer's job)
     drivers = [str(p.relative_to(ROOT)) for p in _package_modules(PACKAGE / "engines")
                if "llm_engine.step(" in p.read_text() or ".llm_engine.add_request(" in p.read_text()]
