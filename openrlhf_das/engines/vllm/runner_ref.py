@@ -11,25 +11,27 @@ no runner, or another engine's, is under construction.
 
 vLLM imports the runner module after plugins load, so :func:`install_when_imported` (called by
 the plugin in every vLLM process) wraps the class right after the module executes, through a
-one-shot ``sys.meta_path`` finder; if the module is already imported it wraps it at once.
+post-import hook (:class:`~openrlhf_das.integrations.openrlhf.post_import.PostImportHook`, the
+one the OpenRLHF patches use); if the module is already imported it wraps it at once.
 Version gate: the wrap is a core patch of a private vLLM class; when the runner module lacks
 ``GPUModelRunner`` (a rename), nothing is wrapped, the import goes on, stock engines run, and
 a DAS proposer refuses with :class:`~openrlhf_das.versions.UnsupportedVersionError` naming the
 installed and tested versions.
 
-Stdlib only (plus :mod:`openrlhf_das.versions`): importing it imports no vLLM.
+Stdlib only (plus :mod:`openrlhf_das.versions` and the post-import hook): importing it imports
+no vLLM.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import logging
 import sys
 import threading
 from typing import Any, Callable
 
 from ... import versions
+from ...integrations.openrlhf.post_import import PostImportHook  # stdlib only; shared with the OpenRLHF patches
 
 logger = logging.getLogger(__name__)
 
@@ -107,60 +109,16 @@ def _install_from(module: Any) -> None:
         logger.warning("openrlhf-das: %s; DAS engines will refuse to start", exc)
 
 
-class _Loader(importlib.abc.Loader):
-    """The runner module's own loader, plus :func:`_install_from` after it executed."""
-
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        module.__loader__ = module.__spec__.loader = self._loader  # the module keeps vLLM's loader
-        _install_from(module)
-
-    def __getattr__(self, name: str) -> Any:  # get_source, get_code, ... of the real loader
-        return getattr(self._loader, name)
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """One-shot finder: finds the runner module with the other finders and wraps its loader."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != RUNNER_MODULE:
-            return None
-        _remove_finder()
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _Loader(spec.loader)
-                return spec
-        return None
-
-
-_FINDER = _AfterImport()
-
-
-def _remove_finder() -> None:
-    with _lock:
-        if _FINDER in sys.meta_path:
-            sys.meta_path.remove(_FINDER)
+_HOOK = PostImportHook([RUNNER_MODULE], lambda name, module: _install_from(module))
 
 
 def install_when_imported() -> None:
     """Wrap the runner class now if its module is imported, else right after its import."""
     module = sys.modules.get(RUNNER_MODULE)
     if module is not None:
-        _remove_finder()
         _install_from(module)
-        return
-    with _lock:
-        if _FINDER not in sys.meta_path:
-            sys.meta_path.insert(0, _FINDER)
+    else:
+        _HOOK.install()
 
 
 def _reset_for_tests() -> None:
