@@ -273,6 +273,9 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
      "optional_patch"),
     ("integrations/openrlhf/patches.py", "vllm_engine.create_vllm_engines (+ trainer.ray re-export)", "core",
      "core_patch"),
+    ("integrations/openrlhf/resume.py", "ppo_trainer.BasePPOTrainer.init_checkpoint_states / "
+     "save_logs_and_checkpoints", "optional 'openrlhf.resume_history'",
+     "optional_patch (off: a resumed job's engines start with empty history)"),
     ("integrations/openrlhf/samples.py", "SamplesGenerator.generate_samples / _process_response_into_experience / "
      "_dispatch_prompts_to_vllm", "core", "core_patch + require_attrs before any method is wrapped"),
     ("integrations/openrlhf/samples.py", "SamplesGenerator._generate_vllm", "optional 'openrlhf.partial_rollout'",

@@ -53,7 +53,8 @@
 # Cut by the 10-minute call limit? The last checkpoint (every SAVE_STEPS steps) survives in
 # /tmp/grpo/<arm>/ckpt while the machine stays warm: call `RESUME=1 bash benchmarks/gpu/grpo_compare.sh
 # <arm>` again; OpenRLHF reloads model, optimizer, step and data-loader position
-# (--ckpt.load_enable) and DAS its history (run dir under the checkpoint path). steps.json merges
+# (--ckpt.load_enable) and DAS the history of that checkpoint (run dir under the checkpoint path:
+# resume/global_stepN/, pushed to the engine before the first resumed step). steps.json merges
 # both calls' logs (train.log is appended; a repeated step keeps its last record).
 set -uo pipefail
 ARM=${1:-}

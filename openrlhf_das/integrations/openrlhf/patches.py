@@ -19,7 +19,9 @@ whose loader runs the patch right after the module body), so workers that never 
 * ``openrlhf.trainer.ppo_utils.samples_generator.SamplesGenerator`` → step boundary, rollout
   capture, DAS request routing (:mod:`.samples`);
 * ``openrlhf.trainer.ray.vllm_engine.create_vllm_engines`` and its re-export in
-  ``openrlhf.trainer.ray`` → DAS engines + history actor (:mod:`.engines`).
+  ``openrlhf.trainer.ray`` → DAS engines + history actor (:mod:`.engines`);
+* ``openrlhf.trainer.ppo_trainer.BasePPOTrainer`` checkpoint save/load → the history actor
+  checkpoints with the trainer and rewinds to a resumed trainer checkpoint (:mod:`.resume`).
 
 It also makes ``flash_attn``'s helper modules importable where flash-attn is missing
 (:mod:`.flash_attn_shim`). The patched code checks at call time whether DAS is on
@@ -30,7 +32,8 @@ core patches — outside the tested OpenRLHF versions, or when their site is mis
 raises :class:`~openrlhf_das.versions.UnsupportedVersionError` (at import of the target module,
 i.e. when the job's actors start, never mid-rollout). The problem-id hook is optional
 (``openrlhf.problem_ids``): switched off with one warning, problem ids then fall back to the
-prompt hash.
+prompt hash. So is the checkpoint hook (``openrlhf.resume_history``): without it a resumed job
+starts its engines with empty history.
 """
 
 from __future__ import annotations
@@ -102,6 +105,12 @@ def _patch_vllm_engine(mod: Any) -> None:
     mod.create_vllm_engines = create_vllm_engines
 
 
+def _patch_ppo_trainer(mod: Any) -> None:
+    from . import resume
+
+    resume.patch(mod)
+
+
 def _patch_trainer_ray_pkg(mod: Any) -> None:
     # ``from .vllm_engine import create_vllm_engines`` ran after vllm_engine was patched, so the
     # package already holds the patched function; re-bind in case it was imported otherwise.
@@ -115,9 +124,11 @@ TARGETS: dict[str, Callable[[Any], None]] = {
     "openrlhf.trainer.ppo_utils.samples_generator": _patch_samples_generator,
     "openrlhf.trainer.ray.vllm_engine": _patch_vllm_engine,
     "openrlhf.trainer.ray": _patch_trainer_ray_pkg,
+    "openrlhf.trainer.ppo_trainer": _patch_ppo_trainer,
 }
 
-OPTIONAL: dict[str, str] = {"openrlhf.datasets.prompts_dataset": "openrlhf.problem_ids"}
+OPTIONAL: dict[str, str] = {"openrlhf.datasets.prompts_dataset": "openrlhf.problem_ids",
+                            "openrlhf.trainer.ppo_trainer": "openrlhf.resume_history"}
 """Targets whose patch is optional -> its feature name; every other target is core."""
 
 
