@@ -61,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-path", action="store_true", help="measure the whole step boundary (Ray)")
     p.add_argument("--engines", type=int, default=2)
     p.add_argument("--no-pin", action="store_true", help="every engine gets all history (sticky off)")
+    p.add_argument("--table", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                   help="markdown table of two --data-path results")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
+    if a.table:
+        print(table(*a.table))
+        return 0
     if a.data_path:
         return data_path(a)
     for name in ("problems", "problems_per_step", "samples", "steps", "window", "max_depth"):
@@ -191,6 +196,28 @@ def data_path(a: argparse.Namespace) -> int:
         a.out.write_text(json.dumps({"benchmark": "snapshot_load --data-path", "args": {k: str(v) for k, v in vars(a).items()},
                                      "machine": machine_info(), "steps": rows, "summary": summary}, indent=1))
     return 0
+
+
+def table(before: Path, after: Path) -> str:
+    """Markdown: per-step means over the second half of two ``--data-path`` runs."""
+    b, a = (json.loads(p.read_text())["summary"] for p in (before, after))
+    rows = [
+        ("trainer → actor (rollouts)", "rollout_bytes", "B"),
+        ("actor → trainer (end_step result)", "result_bytes", "B"),
+        ("actor → engines (history, all engines)", "engine_bytes", "B"),
+        ("all step-boundary bytes", "boundary_bytes", "B"),
+        ("trainer waits: end_step", "end_step_s", "s"),
+        ("trainer waits: push_snapshots", "push_s", "s"),
+        ("trainer waits: total", "boundary_s", "s"),
+        ("engine history load (slowest engine)", "engine_load_s_max", "s"),
+    ]
+    out = [f"| per step (mean of steps 15-29) | before (`{before.name}`) | after (`{after.name}`) | after / before |",
+           "|---|---:|---:|---:|"]
+    for label, key, unit in rows:
+        x, y = b[f"{key}_mean_second_half"], a[f"{key}_mean_second_half"]
+        fmt = (lambda v: f"{v / 1000:,.1f} kB") if unit == "B" else (lambda v: f"{v:.3f} s")
+        out.append(f"| {label} | {fmt(x)} | {fmt(y)} | {y / x:.2f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -92,4 +92,7 @@ def test_one_windowed_store_backs_the_actor_store_and_the_engine_index() -> None
             index.add_rollout(str(pid), step, toks)
         assert store.problem_ids() == index.problem_ids()
         assert all(store.steps_of(p) == index.steps_of(p) for p in store.problem_ids())
-        assert store.tokens == index.tokens and store.stats().evicted_problems == index.stats().evicted_problems
+        assert store.tokens == index.tokens
+        a, b = store.stats(), index.stats()  # one stats class: equal counts, each holder's bytes
+        assert (a.problems, a.rollouts, a.evicted_problems) == (b.problems, b.rollouts, b.evicted_problems)
+        assert a.token_bytes == 4 * a.tokens and a.estimated_bytes == 0 and b.estimated_bytes > 0 == b.token_bytes

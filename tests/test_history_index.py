@@ -123,11 +123,11 @@ def test_live_sibling_insertion(keep: bool) -> None:
     stats = index.stats()
     assert stats.live_sequences == 0
     if keep:
-        assert stats.sequences == 2 and index.tokens == 22
+        assert stats.rollouts == 2 and index.tokens == 22
         assert drafted(index, "a", live)
         assert sorted(index.response_lengths("a")) == [10, 12]
     else:
-        assert stats.sequences == 1 and index.tokens == 10
+        assert stats.rollouts == 1 and index.tokens == 10
         assert not drafted(index, "a", live)
         assert index.response_lengths("a") == [10]
 
@@ -141,7 +141,7 @@ def test_remove_sequence_from_all_trees() -> None:
     index.remove(sx)
     assert not drafted(index, "a", x) and drafted(index, "a", y)
     assert draft(index.global_tree, x[:4]) == []
-    assert index.tokens == 10 and index.stats().sequences == 1
+    assert index.tokens == 10 and index.stats().rollouts == 1
     index.remove(sx)  # unknown id: no-op
     index.remove(12345)
     assert index.tokens == 10
@@ -155,7 +155,7 @@ def test_stats_numbers(global_tree: bool) -> None:
     index.add_rollout("b", 0, seq(300, 3))
     index.extend_live("b", "r", 1, np.array(seq(400, 4), np.int32))
     stats = index.stats()
-    assert (stats.problems, stats.sequences, stats.tokens, stats.live_sequences, stats.evicted_problems) == (
+    assert (stats.problems, stats.rollouts, stats.tokens, stats.live_sequences, stats.evicted_problems) == (
         2,
         3,
         19,

@@ -33,7 +33,7 @@ def engine_stats(events: list[tuple[str, int, int, int]], history_tokens: int, f
         "enabled": True, "engine_faults": 0, "propose_seconds": 0.25, "resumed_requests": 0, "bad_metadata": 0,
         "acceptance": t.snapshot(), "faults": faults, "rebuilds": 0, "steps": len(events), "gated_steps": 0,
         "active_requests": 0,
-        "history": {"problems": 2, "sequences": 4, "tokens": history_tokens, "live_sequences": 0,
+        "history": {"problems": 2, "rollouts": 4, "tokens": history_tokens, "live_sequences": 0,
                     "evicted_problems": 0, "estimated_bytes": history_tokens * 360},
     }
 

@@ -4,7 +4,8 @@ Imports nothing of vLLM, Ray or OpenRLHF (enforced by ``tests/test_layering.py``
 """
 
 from .drafter import Drafter, DraftRequest
-from .history_index import HistoryIndex, HistoryStats
+from .history_index import HistoryIndex
+from .window import HistoryStats
 from .snapshot import HistoryDelta, HistoryFeed, HistorySnapshot, Rollout, SnapshotError
 from .suffix_tree import EMPTY_DRAFT, Draft
 

@@ -21,32 +21,16 @@ Memory: the native tree costs roughly ``BYTES_PER_TOKEN`` per indexed token and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 
 from .suffix_tree import as_tokens, new_tree
-from .window import WindowedBuckets
+from .window import HistoryStats, WindowedBuckets
 
 BYTES_PER_TOKEN = 400
 """Native bytes per indexed token per tree at depth 64: 398 by ``estimate_memory()`` and 382 by
 RSS growth in ``benchmarks/history_memory.py`` (2026-11-25, 10^7 tokens streamed, 2e6 cap)."""
-
-
-@dataclass(frozen=True)
-class HistoryStats:
-    """Size of an index. ``estimated_bytes`` uses ``BYTES_PER_TOKEN``."""
-
-    problems: int
-    sequences: int
-    tokens: int
-    live_sequences: int
-    evicted_problems: int
-    estimated_bytes: int
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 class HistoryIndex:
@@ -115,15 +99,11 @@ class HistoryIndex:
         return self._w.tokens
 
     def stats(self) -> HistoryStats:
+        """Problems, finished rollouts, tokens (history + live), live sequences, evictions, and
+        ``estimated_bytes`` of the trees (``BYTES_PER_TOKEN`` per token per tree)."""
         trees = 2 if self._global is not None else 1
-        return HistoryStats(
-            problems=len(self._w),
-            sequences=len(self._seq_len) - len(self._live_ids),
-            tokens=self._w.tokens,
-            live_sequences=len(self._live_ids),
-            evicted_problems=self._w.evicted,
-            estimated_bytes=self._w.tokens * BYTES_PER_TOKEN * trees,
-        )
+        return self._w.stats(live_sequences=len(self._live_ids),
+                             estimated_bytes=self._w.tokens * BYTES_PER_TOKEN * trees)
 
     # ------------------------------------------------------------------ updates
     def add_rollout(self, problem_id: str, step: int, tokens: Iterable[int] | np.ndarray) -> int:

@@ -28,6 +28,26 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class HistoryStats:
+    """Size of a windowed history: the engines' index (``estimated_bytes``: native suffix-tree
+    bytes, ``live_sequences``: in-flight sibling texts) or the actor's store (``token_bytes``:
+    its int32 payload, 4 B per token). Fields a holder does not have are 0."""
+
+    problems: int
+    rollouts: int
+    """Finished responses held."""
+    tokens: int
+    evicted_problems: int
+    dropped_rollouts: int
+    live_sequences: int = 0
+    token_bytes: int = 0
+    estimated_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
 @dataclass
 class Bucket(Generic[T]):
     """The items one problem produced at one step."""
@@ -87,6 +107,11 @@ class WindowedBuckets(Generic[T]):
 
     def steps_of(self, problem_id: str) -> list[int]:
         return [b.step for b in self._problems.get(problem_id, ())]
+
+    def stats(self, live_sequences: int = 0, token_bytes: int = 0, estimated_bytes: int = 0) -> HistoryStats:
+        """Counts; ``live_sequences`` of the items are in-flight texts, not finished rollouts."""
+        return HistoryStats(len(self._problems), self.items - live_sequences, self.tokens, self.evicted,
+                            self.dropped, live_sequences, token_bytes, estimated_bytes)
 
     def items_of(self, problem_id: str) -> Iterator[T]:
         for b in self._problems.get(problem_id, ()):

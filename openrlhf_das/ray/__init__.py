@@ -16,7 +16,6 @@ _WHERE = {
     "RolloutHistoryActor": "history_actor",
     "create_history_actor": "history_actor",
     "HistoryStore": "history_store",
-    "StoreStats": "history_store",
     "Checkpoint": "persistence",
     "CheckpointError": "persistence",
     "load_checkpoint": "persistence",

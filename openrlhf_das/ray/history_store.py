@@ -14,32 +14,16 @@ rebuilt from its snapshot (:meth:`from_snapshot`) has the same order and content
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import AbstractSet, Iterable
 
 import numpy as np
 
 from ..drafter import HistoryDelta, HistorySnapshot, Rollout
 from ..drafter.suffix_tree import as_tokens
-from ..drafter.window import WindowedBuckets
+from ..drafter.window import HistoryStats, WindowedBuckets
 
 BucketState = dict[str, list[tuple[int, int]]]
 """``{problem_id: [(step, rev), ...]}`` in LRU order: what an engine was last sent."""
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """Size of a store. ``token_bytes`` = 4 × ``tokens`` (the int32 payload)."""
-
-    problems: int
-    rollouts: int
-    tokens: int
-    token_bytes: int
-    evicted_problems: int
-    dropped_rollouts: int
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 class HistoryStore:
@@ -81,9 +65,9 @@ class HistoryStore:
         """``response_lengths`` of each known problem of ``problem_ids``."""
         return {p: self.response_lengths(p) for p in problem_ids if p in self._w}
 
-    def stats(self) -> StoreStats:
-        w = self._w
-        return StoreStats(len(w), w.items, w.tokens, 4 * w.tokens, w.evicted, w.dropped)
+    def stats(self) -> HistoryStats:
+        """Problems, rollouts, tokens, ``token_bytes`` (4 × tokens), evictions, dropped rollouts."""
+        return self._w.stats(token_bytes=4 * self._w.tokens)
 
     # ------------------------------------------------------------------ updates
     def add(self, problem_id: str, step: int, tokens: Iterable[int] | np.ndarray) -> bool:
