@@ -96,3 +96,67 @@ def test_one_windowed_store_backs_the_actor_store_and_the_engine_index() -> None
         a, b = store.stats(), index.stats()  # one stats class: equal counts, each holder's bytes
         assert (a.problems, a.rollouts, a.evicted_problems) == (b.problems, b.rollouts, b.evicted_problems)
         assert a.token_bytes == 4 * a.tokens and a.estimated_bytes == 0 and b.estimated_bytes > 0 == b.token_bytes
+
+
+def test_device_drafter_loads_the_same_history_from_deltas() -> None:
+    """The device proposer rebuilds its device indexes from the snapshot the worker's feed hands
+    it: through the real ``DASWorkerExtension.das_load_snapshot``, a ``DeviceDrafter`` (suffix-gpu's
+    PyTorch path on CPU) fed deltas holds the same slots and drafts the same tokens as one fed
+    whole snapshots. The proposer glue is the three lines of ``DASDeviceProposer.load_snapshot_bytes``
+    that turn a snapshot into ``load_history``'s arguments (the engine itself needs a GPU build)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("suffix_gpu")
+    from types import SimpleNamespace
+
+    from openrlhf_das.device import DeviceDrafter, DeviceDrafterSettings
+    from openrlhf_das.engines.vllm.worker_extension import DASWorkerExtension
+
+    def worker() -> tuple[DASWorkerExtension, DeviceDrafter]:
+        dd = DeviceDrafter(DeviceDrafterSettings(k=4, vocab_size=64, max_pattern_len=8, history_capacity=1 << 12,
+                                                 live_capacity=1 << 8, use_own=False, use_problem=True,
+                                                 use_global=False), "cpu")
+
+        def load_snapshot_bytes(data: bytes, classes=None):  # as DASDeviceProposer.load_snapshot_bytes
+            snap = HistorySnapshot.from_npz_bytes(data)
+            responses = [snap.tokens[snap.offsets[i] : snap.offsets[i + 1]] for i in range(snap.num_rollouts)]
+            return dd.load_history(responses, [snap.problem_ids[int(j)] for j in snap.problem_index], snap.steps)
+
+        w = DASWorkerExtension()
+        w.model_runner = SimpleNamespace(drafter=SimpleNamespace(load_snapshot_bytes=load_snapshot_bytes))
+        return w, dd
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (wd, by_delta), (ww, by_whole) = worker(), worker()
+        store = HistoryStore(window=2, max_tokens=10**6)
+        rng = np.random.default_rng(5)
+        state = None
+        for step in range(5):
+            for pid in rng.choice(["A", "B", "C", "D"], size=2, replace=False):
+                for _ in range(2):
+                    store.add(str(pid), step, rng.integers(1, 60, int(rng.integers(8, 24))))
+            whole = store.snapshot(step + 1)
+            if state is None:
+                out_d = wd.das_load_snapshot(whole.to_npz_bytes(history_version=f"v{step}"), {})
+            else:
+                delta, _ = store.delta(state, step + 1)
+                out_d = wd.das_load_snapshot(
+                    HistoryDelta(**{**delta.__dict__, "base": f"v{step - 1}", "version": f"v{step}"}).to_npz_bytes())
+            state = store.bucket_state()
+            out_w = ww.das_load_snapshot(whole.to_npz_bytes(), {})
+            assert out_d == out_w and by_delta.slots == by_whole.slots
+            rows = [list(r.tokens[:6]) for r in whole.rollouts()][:6]
+            slots = [by_whole.slots[r.problem_id] for r in list(whole.rollouts())[:6]]
+            buf = torch.zeros(len(rows), 8, dtype=torch.int32)
+            for i, r in enumerate(rows):
+                buf[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
+            args = (torch.tensor([len(r) for r in rows], dtype=torch.int32), buf, torch.ones(len(rows), dtype=torch.bool),
+                    torch.tensor(slots, dtype=torch.int64), torch.full((len(rows),), 4, dtype=torch.int64),
+                    torch.full((len(rows),), 2.0))
+            d1, v1 = by_delta.propose(*args)
+            d2, v2 = by_whole.propose(*args)
+            assert torch.equal(d1, d2) and torch.equal(v1, v2)
+        assert wd._das_feed.deltas == 4 and int(v1.sum()) > 0
+    finally:
+        torch.set_num_threads(n)
