@@ -26,14 +26,14 @@ from typing import Any, Iterable
 import numpy as np
 
 from .suffix_tree import as_tokens, new_tree
-from .window import HistoryStats, WindowedBuckets
+from .window import HistoryStats, WindowedBuckets, WindowedHistory
 
 BYTES_PER_TOKEN = 400
 """Native bytes per indexed token per tree at depth 64: 398 by ``estimate_memory()`` and 382 by
 RSS growth in ``benchmarks/history_memory.py`` (2026-11-25, 10^7 tokens streamed, 2e6 cap)."""
 
 
-class HistoryIndex:
+class HistoryIndex(WindowedHistory):
     """Windowed per-problem suffix trees (+ optional global tree) with a global token cap."""
 
     def __init__(
@@ -60,14 +60,6 @@ class HistoryIndex:
         self._live_global: set[int] = set()  # live seq ids also indexed in the global tree
         self._next_seq_id = 0
 
-    @property
-    def window(self) -> int:
-        return self._w.window
-
-    @property
-    def max_tokens(self) -> int:
-        return self._w.max_tokens
-
     # ------------------------------------------------------------------ queries
     @property
     def global_tree(self) -> Any | None:
@@ -80,23 +72,9 @@ class HistoryIndex:
         self._w.touch(problem_id)
         return self._trees[problem_id]
 
-    def __contains__(self, problem_id: str) -> bool:
-        return problem_id in self._w
-
-    def problem_ids(self) -> list[str]:
-        return self._w.problem_ids()
-
-    def steps_of(self, problem_id: str) -> list[int]:
-        """Steps (ascending) whose responses the problem's tree currently holds."""
-        return self._w.steps_of(problem_id)
-
     def response_lengths(self, problem_id: str) -> list[int]:
         """Lengths (tokens) of the problem's finished responses inside the window."""
         return [self._seq_len[i] for i in self._w.items_of(problem_id) if i not in self._live_ids]
-
-    @property
-    def tokens(self) -> int:
-        return self._w.tokens
 
     def stats(self) -> HistoryStats:
         """Problems, finished rollouts, tokens (history + live), live sequences, evictions, and

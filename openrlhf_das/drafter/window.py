@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -232,3 +232,41 @@ class WindowedBuckets(Generic[T]):
         self.items -= 1
         if self._on_remove is not None:
             self._on_remove(problem_id, item)
+
+
+class WindowedHistory:
+    """Queries shared by the holders of a :class:`WindowedBuckets` (``self._w``): the engines'
+    ``HistoryIndex`` and the actor's ``HistoryStore``."""
+
+    _w: WindowedBuckets
+
+    @property
+    def window(self) -> int:
+        return self._w.window
+
+    @property
+    def max_tokens(self) -> int:
+        return self._w.max_tokens
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held (in-flight texts included)."""
+        return self._w.tokens
+
+    def __contains__(self, problem_id: str) -> bool:
+        return problem_id in self._w
+
+    def problem_ids(self) -> list[str]:
+        """Problems, least recently updated first."""
+        return self._w.problem_ids()
+
+    def steps_of(self, problem_id: str) -> list[int]:
+        """Steps (ascending) the problem holds responses of."""
+        return self._w.steps_of(problem_id)
+
+    def past_lengths(self, problem_ids: Iterable[str]) -> dict[str, list[int]]:
+        """``response_lengths`` of each known problem of ``problem_ids``."""
+        return {p: self.response_lengths(p) for p in problem_ids if p in self._w}
+
+    def response_lengths(self, problem_id: str) -> list[int]:  # pragma: no cover - overridden
+        raise NotImplementedError

@@ -20,13 +20,13 @@ import numpy as np
 
 from ..drafter import HistoryDelta, HistorySnapshot, Rollout
 from ..drafter.suffix_tree import as_tokens
-from ..drafter.window import HistoryStats, WindowedBuckets
+from ..drafter.window import HistoryStats, WindowedBuckets, WindowedHistory
 
 BucketState = dict[str, list[tuple[int, int]]]
 """``{problem_id: [(step, rev), ...]}`` in LRU order: what an engine was last sent."""
 
 
-class HistoryStore:
+class HistoryStore(WindowedHistory):
     """Per-problem windowed response tokens with a global token cap."""
 
     def __init__(self, window: int, max_tokens: int) -> None:
@@ -34,36 +34,10 @@ class HistoryStore:
             raise ValueError(f"window and max_tokens must be >= 1, got {window=}, {max_tokens=}")
         self._w: WindowedBuckets[np.ndarray] = WindowedBuckets(window, max_tokens, _size)
 
-    @property
-    def window(self) -> int:
-        return self._w.window
-
-    @property
-    def max_tokens(self) -> int:
-        return self._w.max_tokens
-
     # ------------------------------------------------------------------ queries
-    @property
-    def tokens(self) -> int:
-        return self._w.tokens
-
-    def __contains__(self, problem_id: str) -> bool:
-        return problem_id in self._w
-
-    def problem_ids(self) -> list[str]:
-        """Problems, least recently updated first."""
-        return self._w.problem_ids()
-
-    def steps_of(self, problem_id: str) -> list[int]:
-        return self._w.steps_of(problem_id)
-
     def response_lengths(self, problem_id: str) -> list[int]:
         """Lengths (tokens) of the problem's responses inside its window."""
         return [int(r.size) for r in self._w.items_of(problem_id)]
-
-    def past_lengths(self, problem_ids: Iterable[str]) -> dict[str, list[int]]:
-        """``response_lengths`` of each known problem of ``problem_ids``."""
-        return {p: self.response_lengths(p) for p in problem_ids if p in self._w}
 
     def stats(self) -> HistoryStats:
         """Problems, rollouts, tokens, ``token_bytes`` (4 × tokens), evictions, dropped rollouts."""
