@@ -94,10 +94,13 @@ def run_epochs(
     keep_outputs: bool = False,
     use_tqdm: bool = False,
     timeline: bool = False,
+    on_epoch: Any = None,
 ) -> list[EpochResult]:
     """Run ``epochs`` synchronous rollout steps; feed DAS history between them when ``das``.
     ``timeline``: record each request's finish time (``EpochResult.finish_seconds``) through
-    vLLM's progress-bar hook (``use_tqdm`` callable; replaces the bar)."""
+    vLLM's progress-bar hook (``use_tqdm`` callable; replaces the bar). ``on_epoch(epoch, phase)``:
+    called with ``phase`` "start" right before an epoch's requests are submitted and "end" right
+    after they finish (``step_profile.py`` opens a profiler window there)."""
     if not problems:
         raise ValueError("no problems to roll out")
     if samples_per_problem < 1 or epochs < 1:
@@ -110,9 +113,13 @@ def run_epochs(
     seen = {"steps": 0, "gated_steps": 0}  # the engine's step counters are cumulative
     for epoch in range(epochs):
         finished: list[float] = []
+        if on_epoch is not None:
+            on_epoch(epoch, "start")
         t0 = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=_finish_recorder(t0, finished) if timeline else use_tqdm)
         seconds = time.perf_counter() - t0
+        if on_epoch is not None:
+            on_epoch(epoch, "end")
         tokens = [list(o.outputs[0].token_ids) for o in outs]
         res = EpochResult(epoch, seconds, sum(map(len, tokens)), len(tokens), [len(t) for t in tokens],
                           finish_seconds=finished, digests=[_digest(t) for t in tokens])

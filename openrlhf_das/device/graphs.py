@@ -22,6 +22,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def _profiling() -> bool:
+    """Whether a torch profiler is recording (a C call: cheap enough for every step)."""
+    enabled = getattr(torch._C._autograd, "_profiler_enabled", None)
+    return bool(enabled()) if enabled is not None else False
+
+
 def bucket_sizes(max_rows: int, smallest: int = 8) -> list[int]:
     """Powers of two from ``smallest`` up to the first one >= ``max_rows`` (capped at it)."""
     sizes, b = [], max(1, smallest)
@@ -62,7 +68,14 @@ class BucketGraphs:
 
     def run(self, n: int) -> int:
         """Run the step for ``n`` rows; returns the row count it ran with (``B >= n`` when
-        replayed from a graph, else ``n``)."""
+        replayed from a graph, else ``n``). Under an active torch profiler the call is annotated
+        ``das:<name>`` (``benchmarks/step_profile.py`` attributes its device time by it)."""
+        if _profiling():
+            with torch.profiler.record_function(f"das:{self.name}"):
+                return self._run(n)
+        return self._run(n)
+
+    def _run(self, n: int) -> int:
         b = self.bucket(n) if self.enabled else None
         if b is not None and b not in self.failed:
             g = self.graphs.get(b) or self._capture(b)
