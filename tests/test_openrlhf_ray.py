@@ -97,6 +97,7 @@ def test_engine_drafts_from_history_actor_push(job, tmp_path):
         outs = ray.get(engine.generate_responses.remote(prompt=prompt, label="", sampling_params=sp, max_length=96,
                                                         hf_tokenizer=tok, num_samples=2))
         outs_by_step.append([o["observation_tokens"] for o in outs])
+        assert [o["das_problem_id"] for o in outs] == [pid, pid]  # the id travels back with the responses
         ray.get(actor.add_rollouts.remote([
             {"problem_id": pid, "prompt_token_ids": o["observation_tokens"][: o["action_ranges"][0][0]],
              "response_token_ids": o["observation_tokens"][o["action_ranges"][0][0]:], "step": step}
@@ -142,7 +143,9 @@ def _trainer_class(ray):
             return {}, global_step + 1
 
         def das_report(self):
-            return self.__dict__.get("das_log", []), list(self.samples_generator._das.events)
+            from openrlhf_das.integrations.openrlhf import problem_ids
+
+            return self.__dict__.get("das_log", []), list(self.samples_generator._das.events), problem_ids.resolutions()
 
     return ray.remote(MockedTrainStepPPOTrainer)
 
@@ -154,11 +157,13 @@ def test_sync_trainer_step_boundary(job):
     trainer = _trainer_class(ray).remote(job.model, get_strategy(job.args), None, None, None, None, job.engines,
                                          **GENERATE_KWARGS)
     ray.get(trainer.fit.remote())
-    log, events = ray.get(trainer.das_report.remote())
+    log, events, resolutions = ray.get(trainer.das_report.remote())
     ray.kill(trainer)
 
     steps = 4  # 4 prompts / 2 per step x 2 episodes
     assert [e["samples"] for e in log] == [4] * steps
+    # the trainer resolves a prompt's problem id once, at dispatch; its 2 samples' rollouts carry it
+    assert resolutions == 2 * steps
     _check_protocol(events, first=0, steps=steps)
     for k, entry in enumerate(log):  # training of step k starts after step k was closed, once
         assert entry["events"][-1] == ("end_step", k)
@@ -183,6 +188,9 @@ def test_sync_trainer_step_boundary(job):
     history = ray.get_actor(job.integ.history_actor_name)
     ids = ray.get(history.__ray_call__.remote(lambda self: sorted(self.store.problem_ids())))
     assert ids == sorted(["pA", "pB", *(problem_ids.prompt_hash(r["prompt"]) for r in ROWS[2:])])
+    # after the first push the engine gets per-step deltas, not the whole history
+    shipped = ray.get(history.status.remote())["shipped"]
+    assert shipped["snapshots"] == 1 and shipped["deltas"] == steps - 1 and shipped["resent"] == 0
 
 
 def test_async_generator_step_boundary(job):

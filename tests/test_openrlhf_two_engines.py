@@ -82,10 +82,13 @@ def test_two_engines_share_one_history(job):
     stats = [ray.get(e.das_rpc.remote("das_get_stats"))[0] for e in job.engines]
     # per-engine snapshots: each engine holds exactly its own problems' history ...
     assert [s["history"]["problems"] for s in stats] == [2, 2]
-    assert sum(s["history"]["sequences"] for s in stats) == len(IDS) * 2 * 2  # n=2, both episodes in the window
+    assert sum(s["history"]["rollouts"] for s in stats) == len(IDS) * 2 * 2  # n=2, both episodes in the window
     # ... and served (and drafted for) only its own problems: both drafted in episode 2, and the
     # summed record equals the per-engine sum of the last step
     assert all(s["steps"] > 0 for s in stats)
     history = ray.get_actor(job.integ.history_actor_name)
     ids = ray.get(history.__ray_call__.remote(lambda self: sorted(self.store.problem_ids())))
     assert ids == sorted(IDS)
+    # the second episode's history reached each engine as a delta of its own problems
+    shipped = ray.get(history.status.remote())["shipped"]
+    assert (shipped["snapshots"], shipped["deltas"], shipped["resent"]) == (2, 2, 0)
