@@ -129,7 +129,7 @@ def _das_config(args, mode: str):
 
 
 def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int = 0) -> dict:
-    """vLLM ``LLM`` keyword arguments for ``mode`` (shared with ``partial_rollouts.py``);
+    """vLLM ``LLM`` keyword arguments for ``mode``;
     ``tensor_parallel``: devices per engine. On GPU without ``--max-cudagraph-capture-size``,
     the graphs cover a decode step of all ``concurrency`` requests at the mode's query length
     (1 + k with speculation): vLLM 0.26's default stops at 512 tokens, so a padded DAS step of
