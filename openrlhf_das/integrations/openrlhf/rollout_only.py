@@ -87,6 +87,8 @@ def _trainer_class() -> type:
             status: dict[str, float] = {
                 "rollout/num_samples": float(len(rollout_samples)),
                 "rollout/reward_mean": mean(rewards),
+                # as OpenRLHF's _compute_rollout_stats: torch's (unbiased) std, 0 for one sample
+                "rollout/reward_std": float(torch.tensor(rewards).std()) if len(rewards) > 1 else 0.0,
                 "rollout/response_length_mean": mean([float(s.response_length[0]) for s in rollout_samples]),
                 "rollout/truncated_rate": mean([float(s.truncated[0]) for s in rollout_samples]),
             }
