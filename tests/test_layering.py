@@ -123,6 +123,15 @@ def test_ray_layer_does_not_import_reports() -> None:
     assert upward == {}
 
 
+def test_engine_layer_does_not_import_the_trainer_integration() -> None:
+    """vLLM engines (``engines/``) run without OpenRLHF; the trainer integration
+    (``integrations/``) builds on them, never the other way round (the post-import hook both
+    use is the top-level ``openrlhf_das.post_import``)."""
+    upward = {str(p.relative_to(ROOT)): m for p in _package_modules(PACKAGE / "engines") for m in _imports(p)
+              if m == "openrlhf_das.integrations" or m.startswith("openrlhf_das.integrations.")}
+    assert upward == {}
+
+
 def test_product_does_not_import_scaffolding() -> None:
     """No package module imports benchmarks, tests, tools or a script folder's module (the names
     ``benchmarks/`` and ``benchmarks/gpu/`` put on ``sys.path``: ``epochs``, ``gpu_compat``...)."""

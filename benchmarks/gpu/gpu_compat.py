@@ -67,7 +67,7 @@ from typing import Any, Callable, Mapping
 
 if __name__ != "_openrlhf_das_gpu_compat":
     from openrlhf_das import versions
-    from openrlhf_das.integrations.openrlhf.post_import import PostImportHook
+    from openrlhf_das.post_import import PostImportHook
     from openrlhf_das.switches import switch
 else:  # loaded by path from gpu_compat_site/sitecustomize.py at interpreter start: load the two
     # stdlib-only product modules it needs by path too, so no package ``__init__`` runs there
@@ -86,7 +86,7 @@ else:  # loaded by path from gpu_compat_site/sitecustomize.py at interpreter sta
         raise ImportError("gpu_compat: openrlhf_das is not importable (put the repository on PYTHONPATH)")
     _ROOT = list(_pkg.submodule_search_locations)[0]
     PostImportHook = _load("_openrlhf_das_post_import",
-                           os.path.join(_ROOT, "integrations", "openrlhf", "post_import.py")).PostImportHook
+                           os.path.join(_ROOT, "post_import.py")).PostImportHook
     versions = _load("_openrlhf_das_versions", os.path.join(_ROOT, "versions.py"))
     switch = _load("_openrlhf_das_switches", os.path.join(_ROOT, "switches.py")).switch
 

@@ -11,7 +11,7 @@ no runner, or another engine's, is under construction.
 
 vLLM imports the runner module after plugins load, so :func:`install_when_imported` (called by
 the plugin in every vLLM process) wraps the class right after the module executes, through a
-post-import hook (:class:`~openrlhf_das.integrations.openrlhf.post_import.PostImportHook`, the
+post-import hook (:class:`~openrlhf_das.post_import.PostImportHook`, the
 one the OpenRLHF patches use); if the module is already imported it wraps it at once.
 Version gate: the wrap is a core patch of a private vLLM class; when the runner module lacks
 ``GPUModelRunner`` (a rename), nothing is wrapped, the import goes on, stock engines run, and
@@ -31,7 +31,7 @@ import threading
 from typing import Any, Callable
 
 from ... import versions
-from ...integrations.openrlhf.post_import import PostImportHook  # stdlib only; shared with the OpenRLHF patches
+from ...post_import import PostImportHook  # stdlib only; shared with the OpenRLHF patches
 
 logger = logging.getLogger(__name__)
 

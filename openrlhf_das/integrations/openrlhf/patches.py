@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from ... import versions
 from .flash_attn_shim import ensure_flash_attn
-from .post_import import PostImportHook
+from ...post_import import PostImportHook
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,10 @@
 :class:`PostImportHook` is a ``sys.meta_path`` finder that finds nothing itself: for a watched
 module name it asks the other finders for the spec and wraps the loader, so that
 ``on_import(name, module)`` runs right after the module body (before anyone else sees the
-module). Modules already imported are handled by the caller (``sys.modules``). Used by
-:mod:`.patches` (OpenRLHF patches) and :mod:`.gpu_compat` (GPU-machine shims); each owns one hook.
+module). Modules already imported are handled by the caller (``sys.modules``). Used by the
+OpenRLHF patches (``integrations/openrlhf/patches.py``), the runner reference of the engine layer
+(``engines/vllm/runner_ref.py``) and the GPU-machine shims (``benchmarks/gpu/gpu_compat.py``); each owns
+one hook. Top-level: every layer may import it.
 """
 
 from __future__ import annotations
