@@ -32,6 +32,8 @@ def untested_vllm(monkeypatch):
 
     from openrlhf_das.engines.vllm import plugin
 
+    versions._reset_for_tests()
+    plugin.register()  # the DAS classes in place first, whatever ran before: teardown restores them
     for mod, name in ((suffix_mod, "SuffixDecodingProposer"), (ngram_mod, "NgramProposerGPU"),
                       (runner_mod, "SuffixDecodingProposer"), (runner_mod, "NgramProposerGPU")):
         if hasattr(mod, name):
