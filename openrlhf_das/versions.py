@@ -269,6 +269,11 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
      "optional_patch"),
     ("engines/vllm/async_proposer.py", "GPUModelRunner._update_states, _num_valid_draft_tokens_cpu",
      "core for async_scheduling", "versions.core_patch(install) + require_attrs in the constructor (engine start)"),
+    ("engines/vllm/device_proposer.py", "reads GPUModelRunner.token_ids_gpu_tensor / num_tokens_no_spec_gpu / "
+     "input_batch / requests, writes _num_valid_draft_tokens_cpu; suffix-gpu 0.1.3 internals (GlobalIndex buffers, "
+     "_query_backoff, LocalMatchKernel.gather_candidates, expand_chain)", "optional 'device_drafter'",
+     "device_drafter_usable (vLLM and suffix-gpu in TESTED, else host drafting); require_attrs once at the first "
+     "step (missing: drafting off, plain decoding)"),
     ("integrations/openrlhf/patches.py", "prompts_dataset.preprocess_data", "optional 'openrlhf.problem_ids'",
      "optional_patch"),
     ("integrations/openrlhf/patches.py", "vllm_engine.create_vllm_engines (+ trainer.ray re-export)", "core",
