@@ -16,42 +16,16 @@ import pytest
 
 from cpu_async import site_env
 from openrlhf_das.cli import train as cli
-from openrlhf_das.integrations.openrlhf import settings
-from openrlhf_das.models.tiny import build_tiny_model
+from rollout_only_job import DAS_FLAGS, rollout_only_argv
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-
-REWARD = '''
-import torch
-
-def reward_func(queries, prompts, labels, **kwargs):
-    r = torch.tensor([float(len(q) % 7) / 7 for q in queries])
-    return {"rewards": r, "scores": r, "extra_logs": {}}
-'''
-ROWS = [{"prompt": " ".join(f"t{(13 * i + 3 * j) % 250 + 2}" for j in range(8)), "label": ""} for i in range(4)]
 
 
 @pytest.fixture
 def job(tmp_path, monkeypatch):
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    for key in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
-    data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    reward = tmp_path / "reward.py"
-    reward.write_text(REWARD)
-    argv = [
-        "--rollout-only", "--actor.model_name_or_path", str(model), "--vllm.num_engines", "1", "--vllm.enforce_eager",
-        "--data.prompt_dataset", str(data), "--data.input_key", "prompt", "--data.label_key", "label",
-        "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "4",
-        "--train.num_episodes", "2", "--data.max_len", "96", "--rollout.max_new_tokens", "24",
-        "--rollout.temperature", "0", "--ds.attn_implementation", "sdpa", "--reward.remote_url", str(reward),
-    ]
+    argv = rollout_only_argv(tmp_path, monkeypatch)
     yield argv, tmp_path
     ray.shutdown()
 
@@ -67,9 +41,7 @@ def _run(argv, ckpt, tb):
 
 def test_rollout_only_with_and_without_das(job, monkeypatch):
     argv, tmp = job
-    das_flags = ["--das", "--das.length_policy", "false", "--das.flat_budget.tokens", "4",
-                 "--das.use_request_tree", "false", "--das.use_global_tree", "false", "--das.use_siblings", "false",
-                 "--das.shared_own_text", "false", "--das.history_cpus", "0", "--das.snapshot_every", "1"]
+    das_flags = DAS_FLAGS
     on = _run([*argv, *das_flags], tmp / "on", tmp / "tb_on")
     with monkeypatch.context() as m:
         for key, value in site_env().items():

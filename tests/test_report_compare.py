@@ -99,13 +99,6 @@ def test_compare_usage_errors(tmp_path, capsys):
     assert "steps_per_episode" in capsys.readouterr().err
 
 
-REWARD = '''
-import torch
-
-def reward_func(queries, prompts, labels, **kwargs):
-    r = torch.tensor([float(len(q) % 7) / 7 for q in queries])
-    return {"rewards": r, "scores": r, "extra_logs": {}}
-'''
 MAX_NEW = 24
 
 
@@ -115,32 +108,13 @@ def test_compare_on_a_real_rollout_only_pair(tmp_path, monkeypatch):
     import ray
 
     from openrlhf_das.cli import train as cli
-    from openrlhf_das.integrations.openrlhf import settings
-    from openrlhf_das.models.tiny import build_tiny_model
     from openrlhf_das.policy import bucket_labels
     from openrlhf_das.reports import iter_records
     from openrlhf_das.reports.length_buckets import edges_for
+    from rollout_only_job import DAS_FLAGS, rollout_only_argv
 
-    if ray.is_initialized():
-        ray.shutdown()
-    for key in (settings.DAS_CONFIG_ENV, settings.INTEGRATION_ENV):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    model = build_tiny_model(tmp_path / "tiny", vocab_size=256)
-    rows = [{"prompt": " ".join(f"t{(13 * i + 3 * j) % 250 + 2}" for j in range(8)), "label": ""} for i in range(4)]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "reward.py").write_text(REWARD)
-    argv = [
-        "--rollout-only", "--actor.model_name_or_path", str(model), "--vllm.num_engines", "1", "--vllm.enforce_eager",
-        "--data.prompt_dataset", str(tmp_path / "prompts.jsonl"), "--data.input_key", "prompt",
-        "--data.label_key", "label", "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2",
-        "--train.batch_size", "4", "--train.num_episodes", "2", "--data.max_len", "96",
-        "--rollout.max_new_tokens", str(MAX_NEW), "--rollout.temperature", "0", "--ds.attn_implementation", "sdpa",
-        "--reward.remote_url", str(tmp_path / "reward.py"),
-    ]
-    das_flags = ["--das", "--das.length_policy", "false", "--das.flat_budget.tokens", "4", "--das.use_request_tree",
-                 "false", "--das.use_global_tree", "false", "--das.use_siblings", "false", "--das.shared_own_text",
-                 "false", "--das.history_cpus", "0", "--das.snapshot_every", "1"]
+    argv = rollout_only_argv(tmp_path, monkeypatch, max_new_tokens=MAX_NEW)
+    das_flags = DAS_FLAGS
     for arm, flags in (("das", das_flags), ("nodas", [])):
         ckpt = tmp_path / arm
         assert cli.main([*argv, *flags, "--ckpt.path", str(ckpt), "--logger.tensorboard_dir", str(ckpt / "tb")]) == 0

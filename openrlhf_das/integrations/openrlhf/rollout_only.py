@@ -67,6 +67,17 @@ def bind_checked(fn: Callable[..., Any], what: str, **kwargs: Any) -> dict[str, 
     return kwargs
 
 
+def _pin_prompt_order(loader: Any, seed: int) -> None:
+    """Seed the prompt loader's shuffling from ``--train.seed``. Without ``torch.distributed``
+    (rollout-only runs no DeepSpeed), OpenRLHF's loader has no seeded ``DistributedSampler``: its
+    ``RandomSampler`` draws a seed from the process's global torch RNG when the trainer is built,
+    so the prompt order depended on what ran before in that process (DAS on or off gave two arms
+    different prompts per step). Seeded, every run of the same arguments sees the same order."""
+    generator = getattr(getattr(loader, "sampler", None), "generator", None)
+    if generator is not None:
+        generator.manual_seed(int(seed))
+
+
 def _trainer_class() -> type:
     from openrlhf.trainer.ppo_trainer import PPOTrainer
 
@@ -76,6 +87,10 @@ def _trainer_class() -> type:
     class RolloutOnlyTrainer(base):  # type: ignore[misc, valid-type]
         """OpenRLHF's PPOTrainer whose ``train_step`` records rollout statistics instead of
         making experiences and updating the model (both need the DeepSpeed actors)."""
+
+        def __init__(self, pretrain, strategy, *args, **kwargs):
+            super().__init__(pretrain, strategy, *args, **kwargs)
+            _pin_prompt_order(self.prompts_dataloader, strategy.args.train.seed)
 
         def train_step(self, rollout_samples, global_step):
             import torch
