@@ -33,7 +33,7 @@ class DASWorkerExtension:
         of another base raises ``SnapshotError`` and changes nothing); returns the new history
         stats."""
         proposer = self._das_proposer()
-        if getattr(proposer, "speculator", None) is None:  # a stock engine: say so before parsing
+        if hasattr(proposer, "speculator") and proposer.speculator is None:  # a stock engine: say so before parsing
             raise RuntimeError("DAS is not enabled on this engine (no DAS config at start)")
         feed = self.__dict__.get("_das_feed")
         if feed is None:
