@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class DASConfigError(ValueError):
@@ -86,6 +86,11 @@ class PromotionConfig(_Strict):
         return self
 
 
+_OFF_WORD = BeforeValidator(lambda value: "off" if value is False else value)
+"""YAML 1.1 reads a bare ``off`` as False (``mode: off``, ``--das gate.mode=off``): a ``mode``
+field takes False as "off"."""
+
+
 class TuningConfig(_Strict):
     """Online tuning of the budget of each (length class, length bucket) cell from the
     acceptance measured in the current run (``policy/tuning.py``, AIMD).
@@ -98,7 +103,7 @@ class TuningConfig(_Strict):
     is 0 are left alone.
     """
 
-    mode: Literal["aimd", "off"] = "off"
+    mode: Annotated[Literal["aimd", "off"], _OFF_WORD] = "off"
     increase_at: float = Field(default=0.3, ge=0.0, le=1.0)
     decrease_at: float = Field(default=0.1, ge=0.0, le=1.0)
     min_drafted: int = Field(default=64, ge=1)
@@ -106,11 +111,6 @@ class TuningConfig(_Strict):
     min_factor: float = Field(default=0.5, gt=0.0, le=16.0)
     max_factor: float = Field(default=4.0, gt=0.0, le=16.0)
     factor_step: float = Field(default=0.5, ge=0.0, le=16.0)
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _bounds(self) -> "TuningConfig":
@@ -131,15 +131,9 @@ class GateConfig(_Strict):
     * ``off``: always draft (within budgets).
     """
 
-    mode: Literal["max_running", "cost_model", "off"] = "max_running"
+    mode: Annotated[Literal["max_running", "cost_model", "off"], _OFF_WORD] = "max_running"
     max_running: int = Field(default=64, ge=1)
     cost_table: str | None = None
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        """YAML 1.1 reads a bare ``off`` as False (``mode: off``, ``--das gate.mode=off``)."""
-        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _table_needed(self) -> "GateConfig":
