@@ -107,11 +107,16 @@ def main(argv: list[str] | None = None) -> int:
                "update_s_mean_second_half": statistics.fmean(r["update_s"] for r in later if r["update_s"] is not None)}
     summary["speedup_second_half"] = summary["fresh_s_mean_second_half"] / summary["update_s_mean_second_half"]
     print(json.dumps(summary, indent=1))
+    _write_result(a, "snapshot_load", rows, summary)
+    return 0
+
+
+def _write_result(a: argparse.Namespace, benchmark: str, rows: list, summary: dict) -> None:
+    """The result file of either measurement (``--out``; nothing without it)."""
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"benchmark": "snapshot_load", "args": {k: str(v) for k, v in vars(a).items()},
+        a.out.write_text(json.dumps({"benchmark": benchmark, "args": {k: str(v) for k, v in vars(a).items()},
                                      "machine": machine_info(), "steps": rows, "summary": summary}, indent=1))
-    return 0
 
 
 def data_path(a: argparse.Namespace) -> int:
@@ -191,10 +196,7 @@ def data_path(a: argparse.Namespace) -> int:
     summary["boundary_s_mean_second_half"] = summary["end_step_s_mean_second_half"] + summary["push_s_mean_second_half"]
     summary["boundary_bytes_total"] = sum(r["rollout_bytes"] + r["result_bytes"] + r["engine_bytes"] for r in rows)
     print(json.dumps(summary, indent=1))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"benchmark": "snapshot_load --data-path", "args": {k: str(v) for k, v in vars(a).items()},
-                                     "machine": machine_info(), "steps": rows, "summary": summary}, indent=1))
+    _write_result(a, "snapshot_load --data-path", rows, summary)
     return 0
 
 

@@ -29,6 +29,7 @@ GPU only (vLLM's CUDA activity); on the CPU machine it runs with CPU activity fo
 from __future__ import annotations
 
 import argparse
+import bisect
 import glob
 import gzip
 import json
@@ -80,16 +81,11 @@ def summarize(events: list[dict], steps: int) -> dict[str, Any]:
     das_ranges = [(e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") in ("user_annotation", "cpu_instant_event", "cpu_op") and str(e.get("name", "")).startswith("das:")]
     das_ranges.sort()
+    das_starts = [r[0] for r in das_ranges]
 
     def in_das(ts: float) -> bool:
-        lo, hi = 0, len(das_ranges)
-        while lo < hi:  # last range starting at or before ts
-            mid = (lo + hi) // 2
-            if das_ranges[mid][0] <= ts:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo > 0 and das_ranges[lo - 1][1] >= ts
+        i = bisect.bisect_right(das_starts, ts)  # ranges starting at or before ts: the last one may hold it
+        return i > 0 and das_ranges[i - 1][1] >= ts
 
     corr_group: dict[Any, str] = {}
     for e in runtime:
@@ -176,12 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     llm = LLM(model=model, **kw)
     das = mode in er.DAS_MODES
     cfg = er._das_config(args, mode) if das else None
-    marks: dict[str, float] = {}
-
     def on_epoch(epoch: int, phase: str) -> None:
         if epoch != ours.epoch:
             return
-        marks[phase] = time.perf_counter()
         if phase == "start":
             llm.start_profile()
         else:
