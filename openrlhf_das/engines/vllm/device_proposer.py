@@ -141,7 +141,7 @@ class DASDeviceProposer(DASAsyncProposer):
         self.gated_host_seconds = 0.0  # the part of it spent in gated steps
         self.live_appends = 0
         logger.info("DAS device drafter active (k=%d, sources own=%s problem=%s global=%s, graphs=%s)", k,
-                    c.use_request_tree, c.use_problem_tree, c.use_global_tree and dc.global_index,
+                    c.use_request_tree, c.use_problem_tree, self.device_drafter.settings.use_global,
                     self._graphs.enabled)
 
     # ------------------------------------------------------------------ device steps (graph bodies)
