@@ -23,6 +23,11 @@ Summary over the window (milliseconds, and per engine iteration):
     python benchmarks/step_profile.py --mode das_gpu --epoch 1 --delay 900 --steps 150 \\
         --out $OUT/prof-das_gpu-tail.json -- <engine_rollouts.py workload flags>
 
+``--profiler host`` replaces the torch profiler with a sampling profiler of the engine loop's
+host thread over the same window (``host_sampler.py``: milliseconds per step by Python function,
+inclusive and leaf, and the share spent waiting for step N's output): which host code fills a
+host-bound step. It needs no CUDA activity and slows the host far less than the torch profiler.
+
 GPU only (vLLM's CUDA activity); on the CPU machine it runs with CPU activity for a smoke check.
 """
 
@@ -137,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", required=True, help="one engine_rollouts.py mode (nospec, das_gpu, ...)")
     p.add_argument("--epoch", type=int, default=1, help="the profiled epoch (0-based)")
-    p.add_argument("--delay", type=int, default=50, help="engine iterations of the epoch before the window")
-    p.add_argument("--steps", type=int, default=150, help="engine iterations in the window")
+    p.add_argument("--delay", default="50",
+                   help="engine iterations of the epoch before the window (host profiler: a comma list, one per window)")
+    p.add_argument("--steps", default="150", help="engine iterations in the window (host: a comma list)")
+    p.add_argument("--profiler", choices=("torch", "host"), default="torch",
+                   help="torch: vLLM's torch profiler (device and CUDA runtime); host: host_sampler.py")
+    p.add_argument("--interval-ms", type=float, default=1.0, help="host profiler: sampling interval")
     p.add_argument("--trace-dir", default=None, help="default: <out>.trace/ (removed after the summary)")
     p.add_argument("--keep-trace", action="store_true")
     p.add_argument("--out", required=True)
@@ -152,8 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     from epochs import run_epochs
     from vllm import LLM, SamplingParams
 
+    host = ours.profiler == "host"
+    delays, counts = [int(x) for x in ours.delay.split(",")], [int(x) for x in ours.steps.split(",")]
+    if len(delays) != len(counts) or (not host and len(delays) > 1):
+        p.error("--delay and --steps: one value each (torch), or lists of the same length (host)")
+    windows = list(zip(delays, counts))
     trace_dir = ours.trace_dir or (ours.out + ".trace")
-    Path(trace_dir).mkdir(parents=True, exist_ok=True)
+    if host:
+        import host_sampler
+
+        host_sampler.register()  # before the engine starts: its process reads the environment
+    else:
+        Path(trace_dir).mkdir(parents=True, exist_ok=True)
     model = args.model
     if not Path(model).is_dir():
         from openrlhf_das.models.registry import materialize
@@ -163,19 +182,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
     problems = er.load_problems(args, model)[: args.problems]
     kw = er._engine_kwargs(args, mode, args.tensor_parallel, concurrency=len(problems) * args.samples)
-    kw["profiler_config"] = {
-        "profiler": "torch", "torch_profiler_dir": trace_dir, "torch_profiler_with_stack": False,
-        "torch_profiler_record_shapes": False, "torch_profiler_use_gzip": True,
-        "delay_iterations": ours.delay, "max_iterations": ours.steps,
-        "ignore_frontend": True,  # else the front end records the whole epoch (run 8: 41 s instead of ~13 s)
-    }
+    if not host:
+        kw["profiler_config"] = {
+            "profiler": "torch", "torch_profiler_dir": trace_dir, "torch_profiler_with_stack": False,
+            "torch_profiler_record_shapes": False, "torch_profiler_use_gzip": True,
+            "delay_iterations": delays[0], "max_iterations": counts[0],
+            "ignore_frontend": True,  # else the front end records the whole epoch (run 8: 41 s instead of ~13 s)
+        }
     llm = LLM(model=model, **kw)
     das = mode in er.DAS_MODES
     cfg = er._das_config(args, mode) if das else None
+    host_summary: list[dict[str, Any]] = []
+
     def on_epoch(epoch: int, phase: str) -> None:
         if epoch != ours.epoch:
             return
-        if phase == "start":
+        if host:
+            if phase == "start":
+                llm.collective_rpc(host_sampler.start, args=(windows, ours.interval_ms))
+            else:
+                host_summary.append(llm.collective_rpc(host_sampler.stop)[0])
+        elif phase == "start":
             llm.start_profile()
         else:
             llm.stop_profile()
@@ -183,20 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
     results = run_epochs(llm, problems, args.samples, sp, ours.epoch + 1, das=das,
                          window=cfg.window if cfg else 5, on_epoch=on_epoch)
-    time.sleep(2)  # the worker writes the trace when its window closes
-    out = {"script": "benchmarks/step_profile.py", "mode": mode, "epoch": ours.epoch, "delay": ours.delay,
-           "workload": vars(args), "epoch_seconds": [r.seconds for r in results],
+    out = {"script": "benchmarks/step_profile.py", "mode": mode, "profiler": ours.profiler, "epoch": ours.epoch,
+           "delay": ours.delay, "workload": vars(args), "epoch_seconds": [r.seconds for r in results],
            "epoch_das": results[-1].das_stats if das else None}
-    try:
-        out["summary"] = summarize(_load_events(trace_dir), ours.steps)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        out["summary_error"] = str(exc)
+    if host:
+        out["host"] = host_summary[0] if host_summary else [{"error": "no sampler summary"}]
+    else:
+        time.sleep(2)  # the worker writes the trace when its window closes
+        try:
+            out["summary"] = summarize(_load_events(trace_dir), counts[0])
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            out["summary_error"] = str(exc)
     Path(ours.out).write_text(json.dumps(out, indent=1, default=str))
-    if not ours.keep_trace and ours.trace_dir is None:
+    if not host and not ours.keep_trace and ours.trace_dir is None:
         import shutil
 
         shutil.rmtree(trace_dir, ignore_errors=True)
-    print(json.dumps({k: v for k, v in out.items() if k in ("mode", "summary", "summary_error")}, indent=1)[:6000])
+    print(json.dumps({k: v for k, v in out.items() if k in ("mode", "summary", "summary_error", "host")}, indent=1)[:6000])
     return 0
 
 
