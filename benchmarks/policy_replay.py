@@ -9,7 +9,8 @@ under
   same sources as ``das`` (``replay.py``'s ``flat+all``), for ``t`` in {4, 8, 16} up to ``k_max``
   and ``f`` in {1, 2}; ``best flat`` is the lowest makespan of these, per epoch;
 * ``das/static`` – the length policy of ``--config`` with long budget ``k_max``, tuning off;
-* ``das/aimd`` – the same with online tuning (``tuning.mode: aimd``, the config's AIMD knobs);
+* ``das/aimd`` – the same with online tuning (``tuning.mode: aimd``, the config's tuning knobs:
+  ``policy/tuning.py``);
 * ``das`` – the full policy as the config ships it: whichever of the two its ``tuning.mode`` names;
 * ``das/oracle`` – a bound, not a policy: ``das/static`` with each request's class known in
   advance from its *final* length (long past ``promotion.long_fraction`` of the limit, else short);
@@ -22,13 +23,18 @@ The run's limit (``max_new_tokens``) is ``--max-new-tokens``, else the trace hea
 longest response of the trace. The batch gate is off in every policy (the linear cost model has
 no compute-bound regime for it to avoid; the GPU runs decide the gate), unless ``--gate`` keeps
 the config's. Targets, per epoch >= 1 (epoch 0 has no history): ``das`` <= 0.90 x best flat and
-<= 0.70 x none; ``das/aimd`` vs ``das/static`` (tuning: >= 5 % lower somewhere, never > 1 % higher). Writes ``<out>.json`` and ``<out>.png``; any trace file
-works (``.jsonl`` or ``.jsonl.zst``, ``synthetic_trace.py`` format).
+<= 0.70 x none; ``das/aimd`` vs ``das/static`` (tuning: >= 5 % lower somewhere, never > 1 % higher).
+``--extra-cost BASE:PER_TOKEN[:DRAFT_STEP]`` (ms, repeatable) prices the same simulation under
+more cost models (drafting decisions do not depend on the cost model), e.g. one with a fixed
+cost per drafting step as GPU engines pay; each gets its own ``targets_by_cost`` entry and table.
+Writes ``<out>.json`` and ``<out>.png``; any trace file works (``.jsonl`` or ``.jsonl.zst``,
+``synthetic_trace.py`` format).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -61,12 +67,20 @@ def das_config(base: DASConfig, k_max: int, tuning: bool) -> DASConfig:
     })
 
 
-def per_epoch(res) -> dict[str, Any]:
+def cost_label(c: CostModel) -> str:
+    """``"2.63+0.0145/token+2.4/drafting step ms"``: a cost model's key in the report."""
+    ms = lambda x: f"{x * 1e3:g}"  # noqa: E731
+    return f"{ms(c.base_s)}+{ms(c.per_token_s)}/token+{ms(c.draft_step_s)}/drafting step ms"
+
+
+def per_epoch(res, extra_costs: tuple[CostModel, ...] = ()) -> dict[str, Any]:
     steps = res.steps
     c = res.counts
     decode, accepted = sum(c.decode_steps), sum(c.accepted)
     return {
         "makespan_s": [s["makespan_s"] for s in steps],
+        **({"makespan_s_by_cost": {cost_label(m): [s["makespan_s_extra"][j] for s in steps]
+                                   for j, m in enumerate(extra_costs)}} if extra_costs else {}),
         "engine_steps": [s["engine_steps"] for s in steps],
         "tokens": [s["tokens"] for s in steps],
         "drafted": [s["drafted"] for s in steps],
@@ -81,19 +95,22 @@ def per_epoch(res) -> dict[str, Any]:
 
 def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
     """One policy of one ``k_max`` (a process-pool task): (name, per-epoch results)."""
-    name, steps, base, k_max, cost = task
+    name, steps, base, k_max, cost, extra_costs = task
     t0 = time.perf_counter()
+    sim = functools.partial(replay, extra_costs=extra_costs)
+    epochs = functools.partial(per_epoch, extra_costs=extra_costs)
+
     if name == "none":
-        out = per_epoch(replay(steps, ["none"], base, cost)["none"])
+        out = epochs(sim(steps, ["none"], base, cost)["none"])
     elif name.startswith("flat/"):
         t, f = name.split("/")[1].split("x")
-        out = per_epoch(replay(steps, ["flat+all"], base, cost, flat_tokens=int(t), flat_factor=float(f))["flat+all"])
+        out = epochs(sim(steps, ["flat+all"], base, cost, flat_tokens=int(t), flat_factor=float(f))["flat+all"])
     elif name.startswith("union/"):
         cfg = base.with_overrides({"pattern_tokens": None})
-        out = per_epoch(replay(steps, ["flat+all"], cfg, cost, flat_tokens=k_max, flat_factor=1.0)["flat+all"])
+        out = epochs(sim(steps, ["flat+all"], cfg, cost, flat_tokens=k_max, flat_factor=1.0)["flat+all"])
     elif name.startswith("arctic/"):
         spec = ArcticSpeculator(name.split("/")[1], k_max, 1.0, base)
-        out = per_epoch(replay(steps, [], base, cost, extra={name: spec})[name])
+        out = epochs(sim(steps, [], base, cost, extra={name: spec})[name])
     elif name == "das/oracle":
         cfg = das_config(base, k_max, tuning=False)
         final = {f"{step}/{s.problem_id}/{s.sample_index}": s.response.size for step, v in steps.items() for s in v}
@@ -105,12 +122,12 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
 
         replay_module.DASSpeculator = Oracle
         try:
-            out = per_epoch(replay(steps, ["das+all"], cfg, cost)["das+all"])
+            out = epochs(sim(steps, ["das+all"], cfg, cost)["das+all"])
         finally:
             replay_module.DASSpeculator = DASSpeculator
     else:
         cfg = das_config(base, k_max, tuning=name == "das/aimd")
-        out = per_epoch(replay(steps, ["das+all"], cfg, cost)["das+all"])
+        out = epochs(sim(steps, ["das+all"], cfg, cost)["das+all"])
         out["config"] = cfg.to_dict()
     out["simulation_wall_s"] = time.perf_counter() - t0
     return name, out
@@ -121,9 +138,10 @@ def policy_names(k_max: int, arctic: bool) -> list[str]:
     return ["none", *flats, "das/static", "das/aimd", "das/oracle", *([f"union/{k_max}x1", *(f"arctic/{s}" for s in SCOPES)] if arctic else [])]
 
 
-def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, jobs: int = 1) -> dict[str, Any]:
+def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, jobs: int = 1,
+          extra_costs: tuple[CostModel, ...] = ()) -> dict[str, Any]:
     t0 = time.perf_counter()
-    tasks = [(n, steps, base, k_max, cost) for n in policy_names(k_max, arctic)]
+    tasks = [(n, steps, base, k_max, cost, extra_costs) for n in policy_names(k_max, arctic)]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             done = dict(pool.map(run_one, tasks))
@@ -132,7 +150,15 @@ def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, job
     policies = {t[0]: done[t[0]] for t in tasks}
     policies["das"] = dict(policies["das/aimd" if base.tuning.mode == "aimd" else "das/static"])
     policies["das"]["same_as"] = "das/aimd" if base.tuning.mode == "aimd" else "das/static"
-    return {"policies": policies, "wall_s": time.perf_counter() - t0, "targets": targets(policies, len(steps))}
+    out = {"policies": policies, "wall_s": time.perf_counter() - t0, "targets": targets(policies, len(steps))}
+    if extra_costs:
+        out["targets_by_cost"] = {cost_label(m): targets(priced(policies, cost_label(m)), len(steps)) for m in extra_costs}
+    return out
+
+
+def priced(pol: dict[str, Any], label: str) -> dict[str, Any]:
+    """``pol`` with every policy's makespans those of the extra cost model ``label``."""
+    return {n: {**p, "makespan_s": p["makespan_s_by_cost"][label]} for n, p in pol.items()}
 
 
 def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
@@ -197,8 +223,10 @@ def plot(rep: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("simulated makespan / none")
         ax.set_title(f"k_max = {k}")
         ax.legend(fontsize=7, ncol=2)
+    cm = rep["cost_model"]
+    draft = f" + {cm['draft_step_s'] * 1e3:g} ms/drafting step" if cm.get("draft_step_s") else ""
     fig.suptitle(f"{rep['trace']}: length policy vs flat budgets (replay cost model "
-                 f"{rep['cost_model']['base_s'] * 1e3:g} ms + {rep['cost_model']['per_token_s'] * 1e3:g} ms/token)")
+                 f"{cm['base_s'] * 1e3:g} ms + {cm['per_token_s'] * 1e3:g} ms/token{draft})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -206,7 +234,17 @@ def plot(rep: dict[str, Any], path: Path) -> None:
 
 def markdown(rep: dict[str, Any]) -> str:
     """The docs' table of a report: makespan / none per policy, k_max and epoch >= 1, and the
-    targets' ratios."""
+    targets' ratios; then one such table per extra cost model."""
+    out = [_markdown_table(rep["k_max"], None)]
+    for label in next(iter(rep["k_max"].values())).get("targets_by_cost", {}):
+        out.append(f"\nCost model {label} (same simulation, priced again):\n\n" + _markdown_table(rep["k_max"], label))
+    return "\n".join(out)
+
+
+def _markdown_table(by_k: dict[str, Any], label: str | None) -> str:
+    rep = {"k_max": {k: {"policies": r["policies"] if label is None else priced(r["policies"], label),
+                         "targets": r["targets"] if label is None else r["targets_by_cost"][label]}
+                     for k, r in by_k.items()}}
     lines = ["| k_max | epoch | none (s) | best flat | best flat / none | das / none | das / best flat | "
              "das/aimd / das/static | oracle / best flat |", "|" + "---|" * 9]
     for k, r in rep["k_max"].items():
@@ -221,7 +259,7 @@ def markdown(rep: dict[str, Any]) -> str:
                          f"{t['aimd_vs_static']:.3f} | {'' if oracle is None else f'{oracle:.3f}'} |")
     for k, r in rep["k_max"].items():
         t = r["targets"]
-        if "union_tokens_per_verify_step" in t:
+        if label is None and "union_tokens_per_verify_step" in t:
             arctic = ", ".join(f"{n.split('/')[1]} {v:.3f}" for n, v in t["arctic_tokens_per_verify_step"].items())
             lines.append(f"\nk_max {k}: tokens per verify step (epochs >= 1), union drafter ({t['union_policy']}) "
                          f"{t['union_tokens_per_verify_step']:.3f}; arctic SuffixDecodingCache {arctic}.")
@@ -239,6 +277,10 @@ def main() -> None:
     ap.add_argument("--no-arctic", action="store_true", help="skip the arctic SuffixDecodingCache baseline")
     ap.add_argument("--base-ms", type=float, default=10.0)
     ap.add_argument("--per-token-ms", type=float, default=0.005)
+    ap.add_argument("--draft-step-ms", type=float, default=0.0,
+                    help="cost of an engine step in which any request drafts, on top (ms; default 0)")
+    ap.add_argument("--extra-cost", action="append", default=[], metavar="BASE:PER_TOKEN[:DRAFT_STEP]",
+                    help="another cost model (ms) priced on the same simulation; repeatable")
     ap.add_argument("--jobs", type=int, default=2, help="policies replayed in parallel (processes)")
     ap.add_argument("--out", help="output stem (default: benchmarks/results/replay-policy-<trace name>)")
     args = ap.parse_args()
@@ -252,7 +294,8 @@ def main() -> None:
     base = DASConfig.from_yaml(args.config).with_overrides({"max_new_tokens": int(limit)})
     if not args.gate:
         base = base.with_overrides({"gate.mode": "off"})
-    cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3)
+    cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3, args.draft_step_ms * 1e-3)
+    extra_costs = tuple(CostModel.parse_ms(x) for x in args.extra_cost)
     name = Path(args.trace).name.split(".jsonl")[0]
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"replay-policy-{name}"
     rep: dict[str, Any] = {
@@ -261,13 +304,14 @@ def main() -> None:
         "synthetic": bool(head.get("synthetic", False)),
         "max_new_tokens": int(limit),
         "config": base.to_dict(),
-        "cost_model": {"base_s": cost.base_s, "per_token_s": cost.per_token_s},
+        "cost_model": cost.as_dict(),
+        **({"extra_cost_models": {cost_label(m): m.as_dict() for m in extra_costs}} if extra_costs else {}),
         "machine": {"cpu": _cpu_model()},
         "command": " ".join(["python", *sys.argv]),
         "k_max": {},
     }
     for k in args.k_max:
-        rep["k_max"][str(k)] = run_k(steps, base, k, cost, not args.no_arctic, args.jobs)
+        rep["k_max"][str(k)] = run_k(steps, base, k, cost, not args.no_arctic, args.jobs, extra_costs)
         t = rep["k_max"][str(k)]["targets"]
         print(f"k_max={k}: " + json.dumps({kk: v for kk, v in t.items()}, default=float), flush=True)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,10 @@ longest prefix of the draft equal to the recorded continuation is accepted, plus
 token (the token the target model samples after the last accepted one) — exactly what
 greedy-verified speculative decoding emits. The step time is a cost model::
 
-    t_engine_step = base + per_token * (running requests + draft tokens)
+    t_engine_step = base + per_token * (running requests + draft tokens) [+ draft_step if any request drafts]
 
-(defaults 10 ms + 0.005 ms/token: a memory-bound decode where extra query tokens are cheap),
+(defaults 10 ms + 0.005 ms/token, draft_step 0: a memory-bound decode where extra query tokens
+are cheap; ``--draft-step-ms`` adds a fixed cost to every step that drafts, as GPU engines pay),
 so a step's makespan is the sum of engine-step times until its last request finishes. Prefill
 is not modelled (equal for every policy).
 
@@ -154,13 +155,27 @@ def verify(draft: Sequence[int], response: Sequence[int], pos: int) -> tuple[int
 
 @dataclass(frozen=True)
 class CostModel:
-    """Simulated engine-step time: ``base_s + per_token_s * query_tokens`` (seconds)."""
+    """Simulated engine-step time: ``base_s + per_token_s * query_tokens`` (seconds), plus
+    ``draft_step_s`` for a step in which any request has a draft (a fixed per-step drafting
+    overhead: drafter and verification set-up, as measured on a GPU; 0 by default)."""
 
     base_s: float = 0.010
     per_token_s: float = 0.005e-3
+    draft_step_s: float = 0.0
 
-    def step_seconds(self, query_tokens: int) -> float:
-        return self.base_s + self.per_token_s * query_tokens
+    def step_seconds(self, query_tokens: int, drafted: bool = False) -> float:
+        return self.base_s + self.per_token_s * query_tokens + (self.draft_step_s if drafted else 0.0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"base_s": self.base_s, "per_token_s": self.per_token_s, "draft_step_s": self.draft_step_s}
+
+    @classmethod
+    def parse_ms(cls, text: str) -> "CostModel":
+        """``"BASE:PER_TOKEN[:DRAFT_STEP]"`` in milliseconds, e.g. ``"2.63:0.0145:2.4"``."""
+        parts = [float(x) for x in text.split(":")]
+        if len(parts) not in (2, 3):
+            raise ValueError(f"cost model must be BASE:PER_TOKEN[:DRAFT_STEP] (ms), got {text!r}")
+        return cls(*(x * 1e-3 for x in parts))
 
 
 @dataclass
@@ -204,10 +219,12 @@ class PolicyResult:
 
 def simulate_step(
     spec: DASSpeculator | None, step: int, samples: list[Sample], cost: CostModel, edges: Sequence[int], counts: _Counts,
-    padded: bool = False,
+    padded: bool = False, extra_costs: Sequence[CostModel] = (),
 ) -> dict[str, Any]:
     """Run every sample of ``step`` to completion; returns the step's summary (seconds, tokens).
-    ``padded``: a drafted engine step costs 1 + k query tokens per running request (see module doc)."""
+    ``padded``: a drafted engine step costs 1 + k query tokens per running request (see module doc).
+    ``extra_costs``: more cost models priced on the same simulation (drafting decisions do not
+    depend on the cost model), their makespans in ``makespan_s_extra``."""
     pad_k = spec.config.max_budget if padded and spec is not None else 0
     running = [
         _Running(
@@ -222,6 +239,7 @@ def simulate_step(
     ]
     n_requests = len(running)
     makespan = 0.0
+    extra = [0.0] * len(extra_costs)
     engine_steps = accepted_total = drafted_total = 0
     verify_steps: list[int] = []
     while running:
@@ -261,9 +279,12 @@ def simulate_step(
                 verify_steps.append(r.engine_steps)
                 if spec is not None:
                     spec.finish(r.rid, keep_as_sibling=True)
-        if pad_k and drafts is not None and any(drafts):
+        drafted_step = drafts is not None and any(drafts)
+        if pad_k and drafted_step:
             query = n * (1 + pad_k)
-        makespan += cost.step_seconds(query)
+        makespan += cost.step_seconds(query, drafted_step)
+        for j, c in enumerate(extra_costs):
+            extra[j] += c.step_seconds(query, drafted_step)
         engine_steps += 1
         running = still
     return {
@@ -271,6 +292,7 @@ def simulate_step(
         "requests": n_requests,
         "tokens": int(sum(s.response.size for s in samples)),
         "makespan_s": makespan,
+        **({"makespan_s_extra": extra} if extra_costs else {}),
         "engine_steps": engine_steps,
         "drafted": drafted_total,
         "accepted": accepted_total,
@@ -326,10 +348,11 @@ def replay(
     padded: bool = False,
     snapshot_scope: str = "batch",
     extra: dict[str, Any] | None = None,
+    extra_costs: Sequence[CostModel] = (),
 ) -> dict[str, PolicyResult]:
-    """Simulate every step under every policy; results keyed by policy (``padded``: see
-    :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`; ``extra``: more
-    speculator-like objects by name, run after ``policies``)."""
+    """Simulate every step under every policy; results keyed by policy (``padded``,
+    ``extra_costs``: see :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`;
+    ``extra``: more speculator-like objects by name, run after ``policies``)."""
     edges = list(base.length_buckets)
     results: dict[str, PolicyResult] = {}
     specs: dict[str, DASSpeculator | None] = {}
@@ -353,7 +376,7 @@ def replay(
         for p, spec in specs.items():
             res = results[p]
             t0 = time.perf_counter()
-            res.steps.append(simulate_step(spec, step, samples, cost, edges, res.counts, padded))
+            res.steps.append(simulate_step(spec, step, samples, cost, edges, res.counts, padded, extra_costs))
             res.wall_s += time.perf_counter() - t0
         feed.record(step, samples)
     for p, spec in specs.items():
@@ -370,7 +393,7 @@ def report(results: dict[str, PolicyResult], edges: Sequence[int], head: dict[st
     out: dict[str, Any] = {
         "trace_header": head,
         "synthetic": bool(head.get("synthetic", False)),
-        "cost_model": {"base_s": cost.base_s, "per_token_s": cost.per_token_s},
+        "cost_model": cost.as_dict(),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "policies": {},
     }
@@ -448,8 +471,10 @@ def plot(rep: dict[str, Any], path: str | Path) -> None:
     ax2.set_ylabel("simulated makespan / none")
     ax2.tick_params(axis="x", rotation=30)
     tag = "SYNTHETIC trace" if rep["synthetic"] else "trace"
-    fig.suptitle(f"DAS replay on a {tag} (cost model: {rep['cost_model']['base_s'] * 1e3:g} ms + "
-                 f"{rep['cost_model']['per_token_s'] * 1e3:g} ms/token per engine step)")
+    cm = rep["cost_model"]
+    draft = f" + {cm['draft_step_s'] * 1e3:g} ms per drafting step" if cm.get("draft_step_s") else ""
+    fig.suptitle(f"DAS replay on a {tag} (cost model: {cm['base_s'] * 1e3:g} ms + "
+                 f"{cm['per_token_s'] * 1e3:g} ms/token per engine step{draft})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -483,6 +508,8 @@ def main() -> None:
     ap.add_argument("--flat-factor", type=float, default=1.0, help="match-length factor of non-DAS policies")
     ap.add_argument("--base-ms", type=float, default=10.0, help="engine-step base cost (ms)")
     ap.add_argument("--per-token-ms", type=float, default=0.005, help="engine-step cost per query token (ms)")
+    ap.add_argument("--draft-step-ms", type=float, default=0.0,
+                    help="extra cost of an engine step in which any request drafts (ms; default 0)")
     ap.add_argument("--out", default="replay_results.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     ap.add_argument("--padded", action="store_true",
@@ -496,7 +523,7 @@ def main() -> None:
     if args.das:
         base = base.with_overrides(overrides_from_items(args.das))
     policies = list(dict.fromkeys(["none", *args.policies]))  # ratios need the baseline
-    cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3)
+    cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3, args.draft_step_ms * 1e-3)
     head, steps = read_trace(args.trace)
     t0 = time.perf_counter()
     results = replay(steps, policies, base, cost, args.flat_tokens, args.flat_factor, args.padded)

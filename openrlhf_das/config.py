@@ -93,31 +93,30 @@ field takes False as "off"."""
 
 class TuningConfig(_Strict):
     """Online tuning of the budget of each (length class, length bucket) cell from the
-    acceptance measured in the current run (``policy/tuning.py``, AIMD).
+    acceptance measured in the current run (``policy/tuning.py``, AIMD above the class budget).
 
-    Each engine step, a cell whose drafts since its last change hold at least ``min_drafted``
-    tokens is judged by their acceptance rate: at or above ``increase_at`` its tokens grow by 1
-    and its factor by ``factor_step`` (additive increase); below ``decrease_at`` both are halved
-    (multiplicative decrease). Tokens stay within [``min_tokens``, the largest class budget]
-    (vLLM's k), factors within [``min_factor``, ``max_factor``]; cells of a class whose budget
-    is 0 are left alone.
+    Only cells of ``classes`` in buckets >= ``from_bucket`` are tuned: the requests that set the
+    makespan (long, past the first bucket). Each engine step, such a cell whose drafts since its
+    last change hold at least ``min_drafted`` tokens is judged by their acceptance rate: at or
+    above ``increase_at`` its tokens grow by 1 and its factor by ``factor_step`` (additive
+    increase); below ``decrease_at`` its excess over the class budget is halved (multiplicative
+    decrease). Never below the class budget; tokens at most the largest class budget (vLLM's k),
+    factors at most ``max_factor``; cells of a class whose budget is 0 are left alone.
     """
 
     mode: Annotated[Literal["aimd", "off"], _OFF_WORD] = "off"
+    classes: tuple[LengthClass, ...] = (LengthClass.LONG,)
+    from_bucket: int = Field(default=1, ge=0)
     increase_at: float = Field(default=0.3, ge=0.0, le=1.0)
-    decrease_at: float = Field(default=0.1, ge=0.0, le=1.0)
+    decrease_at: float = Field(default=0.05, ge=0.0, le=1.0)
     min_drafted: int = Field(default=64, ge=1)
-    min_tokens: int = Field(default=1, ge=1, le=64)
-    min_factor: float = Field(default=0.5, gt=0.0, le=16.0)
-    max_factor: float = Field(default=4.0, gt=0.0, le=16.0)
+    max_factor: float = Field(default=6.0, gt=0.0, le=16.0)
     factor_step: float = Field(default=0.5, ge=0.0, le=16.0)
 
     @model_validator(mode="after")
     def _bounds(self) -> "TuningConfig":
         if self.decrease_at > self.increase_at:
             raise ValueError("tuning.decrease_at must be <= tuning.increase_at")
-        if self.min_factor > self.max_factor:
-            raise ValueError("tuning.min_factor must be <= tuning.max_factor")
         return self
 
 

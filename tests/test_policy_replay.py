@@ -28,7 +28,7 @@ def tiny_k4(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _, steps = read_trace(path)
     base = DASConfig.from_yaml(ROOT / "configs" / "das" / "math.yaml").with_overrides(
         {"max_new_tokens": 240, "gate.mode": "off"})
-    return run_k(steps, base, 4, CostModel(), arctic=True)
+    return run_k(steps, base, 4, CostModel(), arctic=True, extra_costs=(CostModel.parse_ms("2.63:0.0145:2.4"),))
 
 
 def test_policies_and_configs(tiny_k4: dict) -> None:
@@ -38,8 +38,8 @@ def test_policies_and_configs(tiny_k4: dict) -> None:
     assert pol["das/aimd"]["config"]["budgets"]["long"]["tokens"] == 4
     assert pol["das/aimd"]["config"]["tuning"]["mode"] == "aimd"
     assert pol["das/static"]["config"]["tuning"]["mode"] == "off"
-    assert pol["das"]["same_as"] == "das/static"  # math.yaml ships tuning off
-    assert pol["das"]["makespan_s"] == pol["das/static"]["makespan_s"]
+    assert pol["das"]["same_as"] == "das/aimd"  # math.yaml ships tuning on
+    assert pol["das"]["makespan_s"] == pol["das/aimd"]["makespan_s"]
     assert pol["none"]["accepted"] == [0, 0, 0]
     for name, p in pol.items():
         assert len(p["makespan_s"]) == 3 and p["tokens"] == pol["none"]["tokens"], name
@@ -58,7 +58,20 @@ def test_targets_are_ratios_of_the_recorded_makespans(tiny_k4: dict) -> None:
     assert set(t["arctic_tokens_per_verify_step"]) == {"arctic/global", "arctic/problem", "arctic/both"}
     assert all(v > 1.0 for v in t["arctic_tokens_per_verify_step"].values())
     table = markdown({"k_max": {"4": json.loads(json.dumps(tiny_k4))}})
-    assert table.count("\n| 4 |") == 2 and "arctic SuffixDecodingCache" in table
+    assert table.count("\n| 4 |") == 4 and "arctic SuffixDecodingCache" in table  # one table per cost model
+    assert "Cost model 2.63+0.0145/token+2.4/drafting step ms" in table
+
+
+def test_extra_cost_model_targets(tiny_k4: dict) -> None:
+    """The extra cost model's targets are ratios of its own makespans, its best flat its own."""
+    label = "2.63+0.0145/token+2.4/drafting step ms"
+    pol, t = tiny_k4["policies"], tiny_k4["targets_by_cost"][label]
+    for x in t["epochs"]:
+        e, best = x["epoch"], x["best_flat"]
+        ms = {n: p["makespan_s_by_cost"][label][e] for n, p in pol.items()}
+        assert ms[best] == min(v for n, v in ms.items() if n.startswith("flat/"))
+        assert x["das_vs_best_flat"] == pytest.approx(ms["das"] / ms[best])
+        assert x["aimd_vs_static"] == pytest.approx(ms["das/aimd"] / ms["das/static"])
 
 
 def test_das_config_scales_the_long_budget_only() -> None:

@@ -1,62 +1,112 @@
-"""Online AIMD tuning of per-(class, bucket) budgets (policy/tuning.py), alone and in the
-speculator: bounded, logged, driven by the acceptance measured in the run."""
+"""Online tuning of per-(class, bucket) budgets (policy/tuning.py), alone and in the speculator:
+AIMD above the class budget for the long class past the first bucket; bounded, logged, driven by
+the acceptance measured in the run."""
 
 from __future__ import annotations
 
-import numpy as np
+import logging
 
 from openrlhf_das.config import DASConfig, LengthClass
 from openrlhf_das.policy import BudgetTuner, Counts
-from openrlhf_das.speculator import DASSpeculator, StepRequest
-from test_speculator import prompt, request, response, snapshot
+from openrlhf_das.speculator import DASSpeculator
+from test_speculator import request, response, snapshot
 
 L, M, S = LengthClass.LONG, LengthClass.MEDIUM, LengthClass.SHORT
 
 
 def tuner(**tuning) -> BudgetTuner:
     cfg = DASConfig().with_overrides({"tuning.mode": "aimd", "tuning.min_drafted": 10, "budgets.long.tokens": 8,
+                                      "budgets.long.factor": 2.0,
                                       **{f"tuning.{k}": v for k, v in tuning.items()}})
     return BudgetTuner(cfg)
 
 
-def test_additive_increase_multiplicative_decrease_within_bounds() -> None:
+def feed(t: BudgetTuner, cell, start_step: int, windows: list[tuple[int, int]]) -> None:
+    """Windows of (drafted, accepted) appended to ``cell``'s cumulative counts, one per step."""
+    c = t_counts = getattr(t, "_test_counts", {}).get(cell, Counts())
+    for i, (d, a) in enumerate(windows):
+        c = Counts(drafted=c.drafted + d, accepted=c.accepted + a)
+        t.observe(start_step + i, {cell: c})
+    t._test_counts = {**getattr(t, "_test_counts", {}), cell: c}
+    del t_counts
+
+
+def test_additive_increase_multiplicative_decrease_above_the_class_budget() -> None:
     t = tuner(increase_at=0.5, decrease_at=0.2, factor_step=0.5, max_factor=3.0)
-    cell = {("medium", 0): Counts(drafted=10, accepted=6, verify_steps=5, decode_steps=5)}
-    t.observe(1, cell)
-    assert t.budget(M, 0).tokens == 3 and t.budget(M, 0).factor == 1.5  # 2 + 1, 1.0 + 0.5
-    assert t.budget(M, 1).tokens == 2  # another bucket keeps the class budget
-    for step in range(2, 30):  # all accepted, forever: capped at k = 8 and max_factor
-        cell[("medium", 0)] = Counts(drafted=10 * step, accepted=10 * step)
-        t.observe(step, cell)
-    assert t.budget(M, 0).tokens == 8 and t.budget(M, 0).factor == 3.0
-    cell[("medium", 0)] = Counts(drafted=300, accepted=280)  # window: 10 drafted, 0 accepted
-    t.observe(31, cell)
-    assert t.budget(M, 0).tokens == 4 and t.budget(M, 0).factor == 1.5  # halved
-    for step in range(32, 40):
-        cell[("medium", 0)] = Counts(drafted=300 + 10 * (step - 31), accepted=280)
-        t.observe(step, cell)
-    assert t.budget(M, 0).tokens == 1 and t.budget(M, 0).factor == 0.5  # min_tokens, min_factor
-    assert [c["tokens"] for c in t.changes][:2] == [3, 4] and all(set(c) >= {"step", "rate"} for c in t.changes)
+    cell = ("long", 1)
+    feed(t, cell, 1, [(10, 6)])
+    assert t.budget(L, 1).tokens == 8 and t.budget(L, 1).factor == 2.5  # tokens at k = 8, factor + 0.5
+    assert t.budget(L, 2) == t.config.budgets.long  # another bucket keeps the class budget
+    feed(t, cell, 2, [(10, 10)] * 20)  # all accepted, forever: capped at max_factor
+    assert t.budget(L, 1).factor == 3.0
+    feed(t, cell, 30, [(10, 0)])  # one poor window: the excess over 2.0 is halved
+    assert t.budget(L, 1).factor == 2.5
+    feed(t, cell, 31, [(10, 0)] * 20)  # poor forever: never below the class budget
+    assert t.budget(L, 1).tokens == 8 and t.budget(L, 1).factor == 2.0
+    feed(t, cell, 60, [(10, 3)] * 5)  # between the thresholds: unchanged
+    assert t.budget(L, 1).factor == 2.0
+
+
+def test_reactions_are_monotone_in_the_measured_acceptance() -> None:
+    """From the same state, a better-accepted window never leaves a smaller budget."""
+    results = []
+    for accepted in range(0, 11):
+        t = tuner(increase_at=0.5, decrease_at=0.2)
+        feed(t, ("long", 2), 1, [(10, 10)] * 2 + [(10, accepted)])
+        b = t.budget(L, 2)
+        results.append((b.tokens, b.factor))
+    assert results == sorted(results)
+    assert results[0][1] < results[-1][1]
+
+
+def test_tokens_grow_to_k_only() -> None:
+    cfg = DASConfig().with_overrides({"tuning.mode": "aimd", "tuning.min_drafted": 10, "tuning.classes": ["medium", "long"],
+                                      "tuning.from_bucket": 0, "budgets.medium.tokens": 2, "budgets.long.tokens": 6})
+    t = BudgetTuner(cfg)
+    feed(t, ("medium", 0), 1, [(10, 10)] * 10)
+    assert t.budget(M, 0).tokens == 6  # 2 + 1 per window, capped at k = 6
+
+
+def test_only_configured_classes_and_buckets_are_tuned() -> None:
+    t = tuner(increase_at=0.5)
+    for cell in (("long", 0), ("medium", 1), ("medium", 0)):  # first bucket / not a tuned class
+        feed(t, cell, 1, [(100, 100)] * 5)
+    assert t.changes == [] and t.table() == {}
+    assert t.budget(L, 0) == t.config.budgets.long and t.budget(M, 1) == t.config.budgets.medium
+    assert t.tuned(("long", 1)) and not t.tuned(("long", 0)) and not t.tuned(("short", 3))
 
 
 def test_cells_wait_for_enough_drafts_and_zero_budget_classes_stay_off() -> None:
-    t = tuner(increase_at=0.5)
-    t.observe(1, {("long", 1): Counts(drafted=9, accepted=9), ("short", 0): Counts(drafted=50, accepted=50)})
+    t = tuner(increase_at=0.5, classes=["short", "long"])
+    t.observe(1, {("long", 1): Counts(drafted=9, accepted=9), ("short", 1): Counts(drafted=50, accepted=50)})
     assert t.budget(L, 1).tokens == 8 and t.changes == []  # 9 < min_drafted: not judged yet
-    assert t.budget(S, 0).tokens == 0  # short (0 tokens) never drafts
+    assert t.budget(S, 1).tokens == 0  # short (0 tokens) never drafts
     t.observe(2, {("long", 1): Counts(drafted=4, accepted=0)})  # the tracker was reset: re-baselined
     assert t.changes == []
 
 
+def test_every_change_is_logged(caplog) -> None:
+    t = tuner(increase_at=0.5, decrease_at=0.2)
+    with caplog.at_level(logging.DEBUG, logger="openrlhf_das.policy.tuning"):
+        feed(t, ("long", 1), 1, [(10, 10), (10, 10), (10, 0), (10, 3)])
+    assert [(c["step"], c["factor"]) for c in t.changes] == [(1, 2.5), (2, 3.0), (3, 2.5)]
+    assert all(set(c) == {"step", "class", "bucket", "tokens", "factor", "rate"} for c in t.changes)
+    assert sum("DAS tuning" in r.getMessage() for r in caplog.records) == 3
+    t.max_changes = 2
+    feed(t, ("long", 1), 5, [(10, 10)])
+    assert len(t.changes) == 2 and t.changes[-1]["step"] == 5  # bounded log, newest kept
+
+
 def test_tuning_off_keeps_class_budgets() -> None:
     t = BudgetTuner(DASConfig())
-    t.observe(1, {("medium", 0): Counts(drafted=1000, accepted=1000)})
-    assert t.budget(M, 0) == DASConfig().budgets.medium and t.table() == {}
+    t.observe(1, {("long", 1): Counts(drafted=1000, accepted=1000)})
+    assert t.budget(L, 1) == DASConfig().budgets.long and t.table() == {}
 
 
 def test_speculator_grows_a_well_accepted_cell_from_measured_acceptance() -> None:
     cfg = DASConfig().with_overrides({"shared_own_text": False, "promotion.tail_running": 0, "tuning.mode": "aimd",
                                       "tuning.min_drafted": 2, "tuning.increase_at": 0.9, "tuning.factor_step": 1.0,
+                                      "tuning.classes": ["medium"], "tuning.from_bucket": 0,
                                       "budgets.long.tokens": 6})
     spec = DASSpeculator(cfg)
     spec.load_snapshot(snapshot())

@@ -38,6 +38,28 @@ def test_verify(draft: list[int], response: list[int], pos: int, expected: tuple
 def test_cost_model() -> None:
     cost = CostModel(base_s=0.01, per_token_s=1e-5)
     assert cost.step_seconds(100) == pytest.approx(0.011)
+    assert cost.step_seconds(100, drafted=True) == pytest.approx(0.011)  # no drafting overhead by default
+    gpu = CostModel.parse_ms("2.63:0.0145:2.4")
+    assert (gpu.base_s, gpu.per_token_s, gpu.draft_step_s) == pytest.approx((2.63e-3, 0.0145e-3, 2.4e-3))
+    assert CostModel.parse_ms("10:0.005").as_dict() == pytest.approx(CostModel().as_dict())
+    assert gpu.step_seconds(10, drafted=True) - gpu.step_seconds(10) == pytest.approx(2.4e-3)
+
+
+def test_extra_cost_models_price_the_same_simulation(tiny_trace: tuple[dict, dict]) -> None:
+    """A drafting-step overhead adds exactly its cost per engine step that drafted; the
+    default model's makespans do not move."""
+    _, steps = tiny_trace
+    base = DASConfig(shared_own_text=False)
+    draft_step = CostModel(draft_step_s=0.002)
+    plain = replay(steps, ["problem"], base, CostModel())["problem"]
+    both = replay(steps, ["none", "problem"], base, CostModel(), extra_costs=[draft_step])
+    for a, b in zip(plain.steps, both["problem"].steps):
+        assert b["makespan_s"] == a["makespan_s"] and b["engine_steps"] == a["engine_steps"]
+    assert [s["makespan_s_extra"][0] for s in both["none"].steps] == [s["makespan_s"] for s in both["none"].steps]
+    extra = [s["makespan_s_extra"][0] - s["makespan_s"] for s in both["problem"].steps]
+    assert extra[0] == 0.0  # step 0 has no history: no drafts, no overhead
+    assert all(0 < x <= 0.002 * s["engine_steps"] + 1e-12 for x, s in zip(extra[1:], both["problem"].steps[1:]))
+    assert all(round(x / 0.002, 6).is_integer() for x in extra)  # whole drafting steps
 
 
 def test_trace_is_labelled_and_deterministic(tmp_path: Path) -> None:

@@ -1,19 +1,31 @@
-"""Online tuning of per-(length class, length bucket) budgets from this run's acceptance (AIMD).
+"""Online tuning of per-(length class, length bucket) budgets from this run's acceptance:
+AIMD above the static class budget, for the cells of the requests that set the makespan.
 
 State: one :class:`~openrlhf_das.config.ClassBudget` per cell ``(class, bucket)``, starting at the
 class budget. The speculator calls :meth:`BudgetTuner.observe` once per engine step with the
-tracker's cumulative per-cell counts; a cell whose drafts since its last change hold at least
+tracker's cumulative per-cell counts. Only cells of ``tuning.classes`` (default: long) in length
+buckets >= ``tuning.from_bucket`` (default: past the first bucket) are tuned; every other cell keeps
+its class budget. A tuned cell whose drafts since its last change hold at least
 ``tuning.min_drafted`` tokens is judged by their acceptance rate ``accepted / drafted``:
 
 * rate >= ``increase_at``: tokens + 1 and factor + ``factor_step`` (additive increase);
-* rate <  ``decrease_at``: tokens // 2 and factor / 2 (multiplicative decrease);
+* rate <  ``decrease_at``: the excess over the class budget is halved, tokens and factor (the
+  factor's down to a whole ``factor_step``): multiplicative decrease towards the static budget;
 * otherwise unchanged; the cell's window restarts after every judgement.
 
-Bounds: tokens in [``min_tokens``, ``k``] where ``k`` is the largest class budget (the engine's
-``num_speculative_tokens``), factor in [``min_factor``, ``max_factor``]; a class whose configured
-budget is 0 keeps 0 in every bucket (it never drafts, so it has nothing to learn from). Every
-change is appended to ``changes`` (step, class, bucket, tokens, factor, rate) and logged at DEBUG.
-Units: tokens; factor is the match-length multiplier of the draft cap.
+Bounds: tokens in [class budget, ``k``] where ``k`` is the largest class budget (the engine's
+``num_speculative_tokens``), factor in [class factor, ``max(max_factor, class factor)``]; a class
+whose configured budget is 0 keeps 0 in every bucket (it never drafts, so it has nothing to learn
+from). Every change is appended to ``changes`` (step, class, bucket, tokens, factor, rate) and
+logged at DEBUG. Units: tokens; factor is the match-length multiplier of the draft cap.
+
+Why only upwards, and only there (replay of the real traces, docs/configuration.md "Length policy
+on replay"): the makespan is the verify steps of the longest request, and an extra draft token
+costs a small fraction of an engine step. Cutting the budget of a poorly accepted cell also cut
+the budget of the hard requests that set the makespan (the former AIMD rule, which could halve
+down to 1 token, was slower than the static budgets in most epochs); raising the budgets of
+every cell, short-lived medium requests and the bulk's first bucket included, paid for draft
+tokens of requests that never set the makespan.
 """
 
 from __future__ import annotations
@@ -50,6 +62,13 @@ class BudgetTuner:
     def enabled(self) -> bool:
         return self.config.length_policy and self.config.tuning.mode == "aimd"
 
+    def tuned(self, cell: Cell) -> bool:
+        """Whether the rule tunes ``cell`` (its class is in ``tuning.classes``, its bucket at or
+        past ``tuning.from_bucket``, its class budget not 0)."""
+        t = self.config.tuning
+        cls = LengthClass(cell[0])
+        return cls in t.classes and cell[1] >= t.from_bucket and self.config.budgets.of(cls).tokens > 0
+
     def budget(self, length_class: LengthClass, bucket: int) -> ClassBudget:
         """The cell's current budget (the class budget until the cell is first judged)."""
         base = self.config.budgets.of(length_class)
@@ -59,15 +78,15 @@ class BudgetTuner:
         return ClassBudget(tokens=st.tokens, factor=st.factor)
 
     def observe(self, step: int, by_cell: Mapping[Cell, Counts]) -> None:
-        """Judge every cell with enough new drafts in ``by_cell`` (cumulative counts)."""
+        """Judge every tuned cell with enough new drafts in ``by_cell`` (cumulative counts)."""
         if not self.enabled:
             return
         t = self.config.tuning
         k = self.config.budgets.max_tokens
         for cell, c in by_cell.items():
-            base = self.config.budgets.of(LengthClass(cell[0]))
-            if base.tokens == 0:
+            if not self.tuned(cell):
                 continue
+            base = self.config.budgets.of(LengthClass(cell[0]))
             st = self.cells.get(cell)
             if st is None:
                 st = self.cells[cell] = _CellState(base.tokens, base.factor)
@@ -82,9 +101,11 @@ class BudgetTuner:
             if rate >= t.increase_at:
                 tokens, factor = tokens + 1, factor + t.factor_step
             elif rate < t.decrease_at:
-                tokens, factor = tokens // 2, factor / 2
-            tokens = min(max(tokens, t.min_tokens), k)
-            factor = min(max(factor, t.min_factor), t.max_factor)
+                tokens = base.tokens + (tokens - base.tokens) // 2
+                steps = int((factor - base.factor) / 2 / t.factor_step + 1e-9) if t.factor_step else 0
+                factor = base.factor + steps * t.factor_step  # halved, down to a whole factor_step
+            tokens = min(max(tokens, base.tokens), max(k, base.tokens))
+            factor = min(max(factor, base.factor), max(t.max_factor, base.factor))
             if (tokens, factor) != (st.tokens, st.factor):
                 st.tokens, st.factor = tokens, factor
                 rec = {"step": step, "class": cell[0], "bucket": cell[1], "tokens": tokens, "factor": factor,
