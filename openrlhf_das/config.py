@@ -276,6 +276,12 @@ class DASConfig(_Strict):
     async scheduling vLLM otherwise reserves k slots per request at every step, and a gated step
     pays for them on the host. False: slots at every step (vLLM's ``ngram_gpu`` behaviour)."""
 
+    lean_bookkeeping: bool = True
+    """Engine, with :attr:`async_scheduling`: batch two per-request loops of vLLM's ``ngram_gpu``
+    runner path (the correction of optimistic acceptance: two kernel launches per request per
+    drafted step; the draft trim's per-request tensor reads) into one copy and numpy reads
+    (``engines/vllm/lean_bookkeeping.py``). Outputs and drafts unchanged. False: vLLM's loops."""
+
     max_consecutive_faults: int = Field(default=8, ge=1)
     """Engine circuit breaker: after this many drafter faults in a row (steps that fell back to
     no drafts), the engine stops drafting for good and says so in the log and in

@@ -269,6 +269,10 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
      "optional_patch"),
     ("engines/vllm/async_proposer.py", "GPUModelRunner._update_states, _num_valid_draft_tokens_cpu",
      "core for async_scheduling", "versions.core_patch(install) + require_attrs in the constructor (engine start)"),
+    ("engines/vllm/lean_bookkeeping.py", "gpu_model_runner.update_scheduler_for_invalid_drafts (module global); "
+     "the closure _update_states returns (runs with num_tokens_no_spec_gpu bound to a host array); reads "
+     "input_batch.num_tokens_no_spec / num_reqs", "optional 'lean_bookkeeping'",
+     "optional_patch at install; probe of the runner's fields per step, fallback = vLLM's closure"),
     ("engines/vllm/device_proposer.py", "reads GPUModelRunner.token_ids_gpu_tensor / num_tokens_no_spec_gpu / "
      "input_batch / requests, writes _num_valid_draft_tokens_cpu; suffix-gpu 0.1.3 internals (GlobalIndex buffers, "
      "_query_backoff, LocalMatchKernel.gather_candidates, expand_chain)", "optional 'device_drafter'",

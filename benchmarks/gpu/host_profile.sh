@@ -5,7 +5,7 @@
 # HP_EPOCH's windows HP_DELAYS / HP_STEPS (engine steps; default a bulk window, every request
 # running and the gate closed, and a tail window), on the workload of longtail.sh (same LT_* env),
 # and writes $OUT/$HP_TAG-MODE.json. Run on the GPU machine after the bring-up.
-# Env (defaults): HP_EPOCH=1 HP_DELAYS=50,1200 HP_STEPS=150,300 HP_TAG=hp HP_TIMEOUT=280 (per mode)
+# Env (defaults): HP_EPOCH=1 HP_DELAYS=50,1200 HP_STEPS=150,300 HP_TAG=hp HP_TIMEOUT=220 (per mode; two modes fit one call after `install.sh ready`)
 set -euo pipefail
 modes="${1:?usage: host_profile.sh MODE[,MODE...] [ARGS...]}"
 shift
@@ -23,7 +23,7 @@ cd "$repo"
 rc=0
 for mode in ${modes//,/ }; do
     set +e
-    timeout "${HP_TIMEOUT:-280}" "$GPU_PY" benchmarks/step_profile.py --profiler host --mode "$mode" \
+    timeout "${HP_TIMEOUT:-220}" "$GPU_PY" benchmarks/step_profile.py --profiler host --mode "$mode" \
         --epoch "$epoch" --delay "${HP_DELAYS:-50,1200}" --steps "${HP_STEPS:-150,300}" --out "$out/$tag-$mode.json" -- \
         --model "$GPU_MODELS_DIR/$model" \
         --prompts-file benchmarks/gpu/prompts/math500-qwen2.5-coder-0.5b.json \

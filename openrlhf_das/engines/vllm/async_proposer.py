@@ -25,6 +25,9 @@ A step (step N samples; step N + 1 verifies the drafts made from N's tokens):
    text (their older tokens, shared with their GRPO siblings through the problem tree) is appended
    at the next ``propose``, while the GPU runs, instead of here.
 
+The same ``_update_states`` wrapper hands vLLM's per-request correction of optimistic acceptance
+and its draft trim the batched forms of :mod:`.lean_bookkeeping` (``lean_bookkeeping``).
+
 So the scheduling of step N + 1 and the output processing of step N - 1 overlap step N on the
 GPU, as in a no-speculation async engine; a drafted step's GPU waits for the drafting and the
 input preparation, a gated step for neither. Where the engine runs synchronous scheduling anyway
@@ -51,6 +54,7 @@ from vllm.v1.spec_decode.ngram_proposer_gpu import NgramProposerGPU
 
 from ... import versions
 from ...speculator import StepRequest
+from . import lean_bookkeeping
 from .drafting import DASDrafting
 from .factory import config_from_vllm
 
@@ -71,9 +75,18 @@ def install(runner_cls: type) -> None:
     @functools.wraps(original)
     def _update_states(self: Any, scheduler_output: Any) -> Any:
         drafter = getattr(self, "drafter", None)
-        if isinstance(drafter, DASAsyncProposer) and drafter.speculator is not None:
-            drafter.complete_pending()
-        return original(self, scheduler_output)
+        if not (isinstance(drafter, DASAsyncProposer) and drafter.speculator is not None):
+            return original(self, scheduler_output)
+        drafter.complete_pending()
+        if not drafter._lean_registered:  # the count buffer exists once the runner is built
+            counts = versions.probe(lean_bookkeeping.FEATURE, lambda: self._num_valid_draft_tokens_cpu, None)
+            if counts is not None:
+                lean_bookkeeping.register_counts(counts, lambda: drafter.das_config.lean_bookkeeping)
+            drafter._lean_registered = True
+        corrections = original(self, scheduler_output)
+        if corrections is not None and drafter.das_config.lean_bookkeeping:
+            return lean_bookkeeping.corrections(self, corrections)
+        return corrections
 
     setattr(_update_states, _MARK, True)
     owner._update_states = _update_states
@@ -161,6 +174,8 @@ class DASAsyncProposer(DASDrafting, NgramProposerGPU):
         self.context_fetches = 0  # request contexts copied from the GPU history
         self.critical_seconds = 0.0  # async: host time the GPU waits for (drafting at a step's start)
         versions.core_patch("async proposer runner hook (GPUModelRunner._update_states)", install, type(runner))
+        self._lean_registered = False
+        lean_bookkeeping.install()  # guarded, inert for other engines; on/off per engine: lean_bookkeeping
         logger.info("DAS async proposer active (k=%d, depth=%d)", k, config.max_depth)
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:

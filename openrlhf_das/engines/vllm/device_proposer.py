@@ -20,6 +20,14 @@ writes the draft tensor on the device. Per engine step (``propose``, end of step
   Python work per row (the rows are matched to requests afresh when drafting resumes; the verify
   result of the last drafted step before the gate closes goes uncounted).
 
+* **token preparation** (vLLM's ``update_token_ids_ngram``, called by the runner right before
+  ``propose`` at every step, drafted or gated: the next input token and valid-sample count of
+  each row, about 16 eager tensor operations): with ``lean_bookkeeping`` this class computes the
+  same tensors in one graph replay per step (:meth:`update_token_ids_ngram`; graphs per batch
+  bucket, sampled width 1 or 1 + k and output parity — outputs alternate between two buffers
+  because vLLM reads them in the next step and on a copy stream), writing the valid sampled tokens
+  and counts straight into the device step's inputs, so ``propose`` copies nothing in.
+
 Host work per step is O(1) Python plus numpy over the rows; per-row metadata (problem slot,
 class, budgets) is rebuilt only when the batch changes. Classes follow the length policy of
 ``DASSpeculator.class_of`` (``policy/promotion.py``: promotion relative to each request's
@@ -35,6 +43,7 @@ Lossless as every DAS mode: vLLM's rejection sampler verifies each draft token.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -88,7 +97,7 @@ class DASDeviceProposer(DASAsyncProposer):
 
         c = self.das_config
         dc = c.device_drafter
-        vocab = int(vllm_config.model_config.get_vocab_size())
+        vocab = self._vocab = int(vllm_config.model_config.get_vocab_size())
         self.device_drafter = DeviceDrafter(DeviceDrafterSettings(
             k=self.k, vocab_size=vocab, max_pattern_len=c.pattern_tokens or c.max_depth,
             max_occurrences=dc.max_occurrences, num_backoff=dc.num_backoff, min_token_prob=c.min_token_prob,
@@ -129,6 +138,17 @@ class DASDeviceProposer(DASAsyncProposer):
         self._meta_dirty = True
         gate = c.gate
         draft_max = min(m, gate.max_running) if gate.mode == "max_running" else m
+        # token preparation (update_token_ids_ngram): the sampler's tokens in, next tokens and counts
+        # out, double-buffered (vLLM reads a step's outputs in the next step and on a copy stream)
+        self._in_raw = torch.full((m, k + 1), -1, dtype=torch.int32, device=dev)
+        self._prep_next = [torch.zeros(m, dtype=torch.int32, device=dev) for _ in range(2)]
+        self._prep_count = [torch.zeros(m, dtype=torch.int32, device=dev) for _ in range(2)]
+        self._parity = 0
+        self._discard: torch.Tensor | None = None  # the runner's discard mask buffer (read by the graphs)
+        self._prep_graphs = {(w, par): BucketGraphs(f"token prep w{w}", functools.partial(self._prep_step, w=w, par=par),
+                                                     bucket_sizes(m), dev, enabled=dc.cuda_graphs)
+                             for w in (1, k + 1) for par in (0, 1)}
+        self.prep_steps = 0  # steps whose token preparation ran here (else vLLM's)
         self._graphs = BucketGraphs("device drafting", self._draft_step, bucket_sizes(draft_max), dev,
                                     enabled=dc.cuda_graphs)
         self._append_graphs = BucketGraphs("token append", self._append_step, bucket_sizes(m), dev,
@@ -151,6 +171,22 @@ class DASDeviceProposer(DASAsyncProposer):
         tok = runner.token_ids_gpu_tensor[:b]
         self._out_len[:b] = self._append_history(runner.num_tokens_no_spec_gpu[:b], tok, self._in_sampled[:b],
                                                  self._in_count[:b])
+
+    def _prep_step(self, b: int, w: int, par: int) -> None:
+        """vLLM's ``update_token_ids_ngram`` for ``b`` rows of sampled width ``w``, into the
+        parity-``par`` outputs and the device step's inputs (same operations, same results)."""
+        runner = self.runner
+        raw = self._in_raw[:b, :w]
+        backup_at = (runner.num_tokens_no_spec_gpu[:b] - 1).clamp(min=0).long()
+        backup = runner.token_ids_gpu_tensor[:b].gather(1, backup_at.unsqueeze(1)).squeeze(1)
+        valid = raw.masked_fill(self._discard[:b].unsqueeze(1), -1)
+        count = ((valid != -1) & (valid < self._vocab)).sum(dim=1).to(torch.int32)
+        last = count - 1
+        chosen = valid.gather(1, last.clamp(min=0).long().unsqueeze(1)).squeeze(1)
+        self._prep_next[par][:b] = torch.where(last >= 0, chosen, backup)
+        self._prep_count[par][:b] = count
+        self._in_sampled[:b, :w] = valid
+        self._in_count[:b] = count
 
     def _draft_step(self, b: int) -> None:
         runner = self.runner
@@ -193,6 +229,20 @@ class DASDeviceProposer(DASAsyncProposer):
         if getattr(self.runner, "token_ids_gpu_tensor", None) is not None and self._runner_ok():
             self._capture()
 
+    def _prep_usable(self) -> bool:
+        """Whether token preparation can run here: lean bookkeeping on and the runner's discard
+        mask buffer readable (else vLLM's ``update_token_ids_ngram`` runs)."""
+        if not self.das_config.lean_bookkeeping:
+            return False
+        if self._discard is None:
+            from ... import versions
+
+            mask = versions.probe("lean_bookkeeping", lambda: self.runner.discard_request_mask.gpu, None)
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                return False
+            self._discard = mask
+        return True
+
     def _runner_ok(self) -> bool:
         """Check the runner attributes this proposer reads once; if one is missing (another vLLM
         version), the device drafter switches off for the engine: steps go undrafted (plain
@@ -220,14 +270,52 @@ class DASDeviceProposer(DASAsyncProposer):
         self._in_count.zero_()
         self._graphs.capture_all()
         self._append_graphs.capture_all()
+        if self._prep_usable():
+            for g in self._prep_graphs.values():
+                g.capture_all()
         self._prev_real.zero_()
         self._prev_considered.zero_()
         self._by_bucket.zero_()
         self._by_class.zero_()
         self._captured = True
-        logger.info("DAS device drafter: %d + %d CUDA graphs captured in %.1f s (failures: %d)",
-                    len(self._graphs.graphs), len(self._append_graphs.graphs), time.perf_counter() - t0,
-                    self._graphs.failures + self._append_graphs.failures)
+        prep = self._prep_graphs.values()
+        logger.info("DAS device drafter: %d + %d + %d CUDA graphs captured in %.1f s (failures: %d)",
+                    len(self._graphs.graphs), len(self._append_graphs.graphs), sum(len(g.graphs) for g in prep),
+                    time.perf_counter() - t0,
+                    self._graphs.failures + self._append_graphs.failures + sum(g.failures for g in prep))
+
+    def update_token_ids_ngram(self, sampled_token_ids: Any, gpu_input_batch: Any, token_ids_gpu: torch.Tensor,
+                               num_tokens_no_spec: torch.Tensor, discard_request_mask: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """vLLM's token preparation (next input token, valid sampled tokens and their count per
+        row, without a host sync), from one graph replay; vLLM's own where this engine cannot
+        (no lean bookkeeping, other buffers or dtypes than captured, a fault)."""
+        stock = super().update_token_ids_ngram
+        runner = self.runner
+        if (self.speculator is None or self._off or self.breaker_tripped or not isinstance(sampled_token_ids, torch.Tensor)
+                or not self._prep_usable() or sampled_token_ids.dtype != torch.int32
+                or token_ids_gpu is not runner.token_ids_gpu_tensor or num_tokens_no_spec is not runner.num_tokens_no_spec_gpu
+                or discard_request_mask.data_ptr() != self._discard.data_ptr()
+                or int(gpu_input_batch.vocab_size) != self._vocab or sampled_token_ids.shape[1] > self.k + 1):
+            return stock(sampled_token_ids, gpu_input_batch, token_ids_gpu, num_tokens_no_spec, discard_request_mask)
+        t0 = time.perf_counter()
+        try:
+            n, width = int(gpu_input_batch.num_reqs), int(sampled_token_ids.shape[1])
+            self._in_raw[:n, :width].copy_(sampled_token_ids[:n])
+            w = width
+            if (w, 0) not in self._prep_graphs:  # a width without graphs (unpadded drafts): pad to 1 + k
+                self._in_raw[:n, w:].fill_(-1)
+                w = self.k + 1
+            par = self._parity
+            self._prep_graphs[(w, par)].run(n)
+            self._parity ^= 1
+            self.prep_steps += 1
+            return self._prep_next[par][:n], self._prep_count[par][:n], self._in_sampled[:n, :width]
+        except Exception:  # noqa: BLE001 - a drafter fault must never kill the rollout
+            self._on_fault("device proposer (token preparation)")
+            return stock(sampled_token_ids, gpu_input_batch, token_ids_gpu, num_tokens_no_spec, discard_request_mask)
+        finally:
+            self.host_seconds += time.perf_counter() - t0
 
     def propose(self, num_speculative_tokens: int, num_tokens_no_spec: torch.Tensor, token_ids_gpu: torch.Tensor,
                 valid_sampled_token_ids_gpu: torch.Tensor, valid_sampled_tokens_count: torch.Tensor
@@ -253,9 +341,10 @@ class DASDeviceProposer(DASAsyncProposer):
             spec = self.speculator
             k = min(int(num_speculative_tokens), self.k)
             drafting = k > 0 and spec.gate_allows(n)
-            width = valid_sampled_token_ids_gpu.shape[1]
-            self._in_sampled[:n, :width].copy_(valid_sampled_token_ids_gpu)
-            self._in_count[:n].copy_(valid_sampled_tokens_count)
+            if valid_sampled_token_ids_gpu.data_ptr() != self._in_sampled.data_ptr():  # vLLM's preparation ran
+                width = valid_sampled_token_ids_gpu.shape[1]
+                self._in_sampled[:n, :width].copy_(valid_sampled_token_ids_gpu)
+                self._in_count[:n].copy_(valid_sampled_tokens_count)
             if not drafting:  # the append only: no row metadata, no Python work per row
                 gated = True
                 self._in_count[n:].zero_()
@@ -454,11 +543,13 @@ class DASDeviceProposer(DASAsyncProposer):
             "host_seconds": self.host_seconds,
             "gated_host_seconds": self.gated_host_seconds,
             "live_appends": self.live_appends,
+            "prep_steps": self.prep_steps,
+            "prep_graph_replays": sum(g.replays for g in self._prep_graphs.values()),
             **{f"drafting_{k}": v for k, v in self._graphs.stats().items()},
             **{f"append_{k}": v for k, v in self._append_graphs.stats().items()},
             "device_history": self.device_drafter.stats(),
         })
         if reset:
-            self.device_drafted_steps = self.device_gated_steps = self.live_appends = 0
+            self.device_drafted_steps = self.device_gated_steps = self.live_appends = self.prep_steps = 0
             self.host_seconds = self.gated_host_seconds = 0.0
         return out

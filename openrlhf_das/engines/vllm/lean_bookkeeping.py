@@ -1,0 +1,128 @@
+"""Cheaper host bookkeeping of vLLM's ``ngram_gpu`` runner path in DAS async engines
+(``lean_bookkeeping``, on by default).
+
+DAS's async engines (``das_async``, ``das_gpu``) run vLLM's ``ngram_gpu`` path of the V1 model
+runner. Two of its per-request loops run on the host at every drafted step, and a drafted tail
+step is host-bound (docs/gpu.md, run 8: 5.0 ms per drafted step against 2.6 ms without
+speculation, the device busy 2.9 ms of it):
+
+* **the deferred correction** of optimistic acceptance (the closure ``_update_states`` returns,
+  called right after the forward is launched): for every request that did not accept all its
+  drafts it corrects ``input_batch.num_tokens_no_spec[row]`` on the host and
+  ``num_tokens_no_spec_gpu[row]`` with two tensor operations on the device — two kernel
+  launches and three dispatcher calls per request per drafted step. :func:`corrections` runs the
+  same closure with ``num_tokens_no_spec_gpu`` bound to a host scratch array, so the per-request
+  updates are numpy stores, then writes the corrected host lengths of all the batch's rows to the
+  device with one copy. Equivalent: at that point the device lengths equal the host lengths (vLLM
+  copies every active row's host length to the device in ``_update_states``,
+  ``update_ngram_gpu_tensors_incremental``) except for the rows the closure corrects, which it
+  corrects on both sides by the same amount.
+* **the draft trim** (``update_scheduler_for_invalid_drafts``, called in ``_update_states``)
+  reads each request's valid-draft count with ``counts[row].item()`` on a CPU tensor (an
+  indexing and an ``item`` dispatch per request). The patched call hands it a numpy view of the
+  same buffer (``counts[row].item()`` works on numpy scalars alike); only for buffers a DAS
+  engine registered (:func:`register_counts`), so stock ``ngram_gpu`` engines are untouched.
+
+Outputs unchanged (only where lengths are written from); the engine tests compare drafts,
+acceptance and outputs with the switch on and off (``tests/test_engine_lean_bookkeeping.py``).
+
+Written against the V1 runner of vLLM 0.26-0.29 (the same code in both). Guarded
+(:mod:`openrlhf_das.versions`, optional feature ``lean_bookkeeping``): outside the tested
+versions, or when ``update_scheduler_for_invalid_drafts`` is missing from the runner's module,
+:func:`install` patches nothing; a runner or batch attribute that cannot be read at a step
+switches the feature off and that step runs vLLM's own closure.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ... import versions
+
+logger = logging.getLogger(__name__)
+
+FEATURE = "lean_bookkeeping"
+_MARK = "_das_lean_bookkeeping"
+_SCRATCH = "_das_lengths_scratch"
+_COUNTS: dict[int, tuple["weakref.ref[torch.Tensor]", Callable[[], bool]]] = {}
+"""id -> (weak reference, switch) of the valid-draft count buffers of DAS engines."""
+
+
+def register_counts(counts: torch.Tensor, on: Callable[[], bool]) -> None:
+    """Let the draft trim read ``counts`` (a runner's ``_num_valid_draft_tokens_cpu``, a CPU
+    tensor) as numpy while ``on()`` (the engine's ``lean_bookkeeping`` setting) is true."""
+    _COUNTS[id(counts)] = (weakref.ref(counts), on)
+
+
+def _lean(counts: Any) -> bool:
+    entry = _COUNTS.get(id(counts))
+    return entry is not None and entry[0]() is counts and entry[1]() and versions.enabled(FEATURE)
+
+
+def _wrap_trim(orig: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(orig)
+    def update_scheduler_for_invalid_drafts(event: Any, counts: Any, *args: Any, **kwargs: Any) -> Any:
+        if _lean(counts):
+            counts = counts.numpy()  # a view: the same values, numpy-speed per-row reads
+        return orig(event, counts, *args, **kwargs)
+
+    setattr(update_scheduler_for_invalid_drafts, _MARK, True)
+    return update_scheduler_for_invalid_drafts
+
+
+def corrections(runner: Any, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` (vLLM's deferred correction closure of ``runner``) with its device length updates
+    batched into one copy (module docstring)."""
+
+    def read() -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
+        gpu = runner.num_tokens_no_spec_gpu
+        scratch = getattr(runner, _SCRATCH, None)
+        if scratch is None or len(scratch) != len(gpu):
+            scratch = np.zeros(len(gpu), dtype=np.int64)
+            setattr(runner, _SCRATCH, scratch)
+        batch = runner.input_batch
+        return gpu, scratch, batch.num_tokens_no_spec, int(batch.num_reqs)
+
+    def correct_spec_decode_token_counts() -> None:
+        state = versions.probe(FEATURE, read, None) if versions.enabled(FEATURE) else None
+        if state is None:
+            fn()
+            return
+        gpu, scratch, host, _ = state
+        runner.num_tokens_no_spec_gpu = scratch  # the closure's per-row device updates land here
+        try:
+            fn()
+        finally:
+            runner.num_tokens_no_spec_gpu = gpu
+        n = int(runner.input_batch.num_reqs)
+        if n:
+            lengths = torch.from_numpy(np.ascontiguousarray(host[:n], dtype=np.int32))
+            if gpu.is_cuda:
+                lengths = lengths.pin_memory()  # the caching host allocator keeps it until the copy ran
+            gpu[:n].copy_(lengths, non_blocking=True)
+
+    setattr(correct_spec_decode_token_counts, _MARK, True)
+    return correct_spec_decode_token_counts
+
+
+def install(runner_module: Any = None) -> bool:
+    """Patch the runner module's ``update_scheduler_for_invalid_drafts`` (idempotent). Returns
+    True if it patched; False when already patched or the feature is off (untested vLLM, or the
+    function is missing: switched off with one warning)."""
+    return bool(versions.optional_patch(FEATURE, _install, runner_module))
+
+
+def _install(runner_module: Any) -> bool:
+    if runner_module is None:
+        from vllm.v1.worker import gpu_model_runner as runner_module
+    current = runner_module.update_scheduler_for_invalid_drafts  # AttributeError: feature off
+    if getattr(current, _MARK, False):
+        return False
+    runner_module.update_scheduler_for_invalid_drafts = _wrap_trim(current)
+    return True
