@@ -65,7 +65,7 @@ def _cumulative(stats: pstats.Stats) -> dict[str, float]:
 
 
 def run_mode(mode: str, requests: int, tokens: int) -> dict[str, Any]:
-    from engine_fixtures import inproc_core, running_llm, shortest_math_prompts, smollm2_fp32
+    from engine_fixtures import count_steps, running_llm, shortest_math_prompts, smollm2_fp32
     from vllm import SamplingParams
 
     from openrlhf_das.config import DASConfig
@@ -84,16 +84,7 @@ def run_mode(mode: str, requests: int, tokens: int) -> dict[str, Any]:
         params = [with_das_metadata(sp, pids[i % len(pids)], "long") for i in range(requests)]
     with running_llm(model, **engine) as llm:
         llm.generate(reqs[:8], params if mode == "nospec" else params[:8], use_tqdm=False)  # warm-up
-        scheduler = inproc_core(llm).scheduler
-        schedule, steps = scheduler.schedule, []
-
-        def counting_schedule(*args: Any, **kwargs: Any) -> Any:
-            out = schedule(*args, **kwargs)
-            if out.num_scheduled_tokens:
-                steps.append(len(out.num_scheduled_tokens))
-            return out
-
-        scheduler.schedule = counting_schedule
+        steps = count_steps(llm)
         profile = cProfile.Profile()
         t0 = time.perf_counter()
         profile.enable()

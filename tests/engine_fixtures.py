@@ -206,6 +206,22 @@ def inproc_core(llm: Any) -> Any:
     return llm.llm_engine.engine_core.engine_core
 
 
+def count_steps(llm: Any) -> list[int]:
+    """Record, from now on, the requests of every non-empty engine step of an in-process engine
+    (its scheduler's ``schedule`` wrapped); returns the list it appends to."""
+    scheduler = inproc_core(llm).scheduler
+    schedule, steps = scheduler.schedule, []
+
+    def counting_schedule(*args: Any, **kwargs: Any) -> Any:
+        out = schedule(*args, **kwargs)
+        if out.num_scheduled_tokens:
+            steps.append(len(out.num_scheduled_tokens))
+        return out
+
+    scheduler.schedule = counting_schedule
+    return steps
+
+
 def inproc_drafter(llm: Any) -> Any:
     """The speculative proposer of an in-process engine's (only) worker."""
     worker = inproc_core(llm).model_executor.driver_worker.worker
