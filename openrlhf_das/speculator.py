@@ -7,8 +7,11 @@ drafts from the
 :class:`~openrlhf_das.drafter.Drafter` → optional cost-model filter → bookkeeping.
 
 The vLLM proposer (``openrlhf_das.engines.vllm``) and the replay benchmark both drive this
-class, so what is measured offline is what runs in the engine. Requests that get no budget
-(short class, gated step) cost no tree work: their trees catch up when they next get a budget.
+class, so what is measured offline is what runs in the engine. Requests that get no budget in
+a drafted step (short class, quota) get no draft and no own-tree work (their own trees catch up
+when they next get a budget), but their new tokens still enter the problem (and shared global)
+tree as live sibling text, so their siblings draft from them. A gated step does no tree work at
+all; the next drafted step appends what it skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .config import ClassBudget, DASConfig, LengthClass
-from .drafter import Draft, Drafter, DraftRequest, HistoryIndex, HistorySnapshot
+from .drafter import Drafter, DraftRequest, HistoryIndex, HistorySnapshot
 from .drafter.suffix_tree import EMPTY_DRAFT
 from .policy import (
     AcceptanceTracker,
@@ -235,21 +238,13 @@ class DASSpeculator:
             tokens = apply_quota(tokens, classes, c.step_quota_tokens)
 
         live = [i for i, t in enumerate(tokens) if t > 0]
-        drafts: list[Draft] = [EMPTY_DRAFT] * len(batch)
+        # every request, budget 0 included: those only add their live sibling text
+        reqs = [
+            DraftRequest(r.request_id, r.tokens, r.num_prompt_tokens, r.problem_id, t, b.factor)
+            for r, t, b in zip(batch, tokens, budgets)
+        ]
+        drafts = self.drafter.propose(reqs, live=live_siblings)
         if live:
-            reqs = [
-                DraftRequest(
-                    batch[i].request_id,
-                    batch[i].tokens,
-                    batch[i].num_prompt_tokens,
-                    batch[i].problem_id,
-                    tokens[i],
-                    budgets[i].factor,
-                )
-                for i in live
-            ]
-            for i, d in zip(live, self.drafter.propose(reqs, live=live_siblings)):
-                drafts[i] = d
             if self._cost_gate is not None:
                 keep = self._cost_gate.keep(drafts, running, padded_k)
                 drafts = [d if k else EMPTY_DRAFT for d, k in zip(drafts, keep)]

@@ -67,10 +67,11 @@ def test_long_and_medium_draft_recorded_continuation_short_costs_nothing() -> No
     assert out[0] == r0[10:14]  # long: 4 tokens
     assert out[1] == r1[10:12]  # medium: 2 tokens
     assert out[2] == []  # short: no draft ...
-    assert "c" not in spec.drafter.active_requests  # ... and no per-request tree work
-    assert sorted(spec.drafter.active_requests) == ["a", "b"]
+    assert spec.drafter._requests["c"].tree is None  # ... and no per-request tree work
+    assert spec.drafter._requests["a"].tree is not None
     # live sibling text lags max_depth (32) tokens behind: nothing of these 10-token
     # responses is in the problem trees yet, so a request never matches its own tail there
+    # (short "c" included: its text is live sibling text too, test_short_request_text_...)
     assert spec.drafter.history.tokens == tokens_before
     assert spec.stats()["history"]["live_sequences"] == 0
 
@@ -228,3 +229,29 @@ def test_next_snapshot_updates_the_index_in_place_and_drops_live_text(monkeypatc
     assert spec.snapshot_faults == 1 and spec.snapshot_full == 1 and spec.drafter.history is not index
     assert spec.drafter.history.steps_of("p0") == [0, 1]
     assert spec.step([request("D", "p0", response("p0")[:8], variant=4)]) == [response("p0")[8:12]]
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_short_request_text_is_live_sibling_text(deferred: bool) -> None:
+    """A short-class request (budget 0) gets no draft and no per-request tree work, but its text
+    still reaches its problem's tree as live sibling text, so its siblings draft from it; with
+    ``live_siblings=False`` through :meth:`update_siblings` (the async engine's order)."""
+    spec = speculator({"promotion.history_quantile": None})  # S stays short at 110 tokens
+    x = list(range(9000, 9200))  # new text, in no history
+    depth = spec.config.max_depth
+    short = request("S", "p3", x[:100], variant=1)
+    batch = [short, StepRequest("B", np.array(prompt("p3", 2) + x[:8], np.int32), 6, "p3", LengthClass.LONG)]
+    out = spec.step(batch, live_siblings=not deferred)
+    assert out[0] == []
+    assert spec.drafter._requests["S"].tree is None  # no own-tree work for the short request
+    if deferred:
+        spec.update_siblings(batch)
+    # S's text (x[:100 - depth]) is in p3's tree now: B drafts from it next step
+    later = spec.step([StepRequest("B", np.array(prompt("p3", 2) + x[:10], np.int32), 6, "p3", LengthClass.LONG)])
+    assert later == [x[10:14]]
+    # only the new tokens are appended when S grows
+    tokens = spec.drafter.history.tokens
+    spec.step([request("S", "p3", x[:110], variant=1)])
+    assert spec.drafter.history.tokens == tokens + 10
+    spec.finish("S")  # the held-back tail joins the tree
+    assert spec.step([StepRequest("C", np.array(prompt("p3", 3) + x[:100], np.int32), 6, "p3", LengthClass.LONG)]) == [x[100:104]]

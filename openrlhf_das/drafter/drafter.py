@@ -3,8 +3,10 @@
 Sources (each optional, see ``DASConfig``):
 
 * ``request`` – a per-request tree over the request's own prompt + output so far. It is kept in
-  sync incrementally and rebuilt from the full token list when a request re-enters after a
-  preemption or a pause (or whenever its tokens are not an extension of what was indexed).
+  sync incrementally while the request is drafted for (a request with no budget leaves it
+  behind; it catches up at the next budget) and rebuilt from the full token list when a request
+  re-enters after a preemption or a pause (or whenever its tokens are not an extension of what
+  was seen).
 * ``problem`` – the problem's tree in the :class:`HistoryIndex` (its last W steps of
   responses, plus live GRPO siblings of the current step).
 * ``global`` – the index's global tree over all problems' recent responses; with
@@ -59,12 +61,13 @@ class DraftRequest:
 
 @dataclass
 class _RequestState:
-    tree: Any
-    indexed: int  # tokens of the request indexed in ``tree``
+    tree: Any  # own tree; None until the request is first drafted for (or without request trees)
+    indexed: int  # tokens of the request seen (the text its live sibling text is cut from)
     last_token: int  # token at position indexed-1 (cheap extension check)
     problem_id: str | None
     live_indexed: int  # response tokens appended to the problem tree as a live sibling
     live_tail: np.ndarray | None = None  # response tokens held back from the problem tree (copy)
+    own_indexed: int = 0  # tokens indexed in ``tree`` (<= indexed: it catches up when drafted for)
 
 
 class Drafter:
@@ -118,10 +121,12 @@ class Drafter:
         return list(self._requests)
 
     def update(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None,
-               live: bool = True) -> None:
+               live: bool = True, own: bool = True) -> None:
         """Bring the request's own tree (and, with ``live``, its live sibling text) up to
         ``tokens``. ``live=False`` leaves the sibling text to :meth:`update_live` (a caller that
-        does it off its critical path, one step behind)."""
+        does it off its critical path, one step behind). ``own=False``: the own tree is left
+        as it is (a request not drafted for this step; it catches up when next drafted for),
+        only what was seen of the request advances, so its live sibling text still does."""
         arr = as_tokens(tokens)
         st = self._requests.get(request_id)
         n = arr.size
@@ -131,12 +136,14 @@ class Drafter:
             st = None
             self.rebuilds += 1
         if st is None:
-            tree = new_tree(self.max_depth) if self.use_request_tree else None
-            st = _RequestState(tree, 0, -1, problem_id, 0)
+            st = _RequestState(None, 0, -1, problem_id, 0)
             self._requests[request_id] = st
+        if own and self.use_request_tree and n > st.own_indexed:
+            if st.tree is None:
+                st.tree = new_tree(self.max_depth)
+            st.tree.extend_ndarray(0, arr[st.own_indexed :])
+            st.own_indexed = n
         if n > st.indexed:
-            if st.tree is not None:
-                st.tree.extend_ndarray(0, arr[st.indexed :])
             st.indexed = n
             st.last_token = int(arr[n - 1])
         if live:
@@ -144,7 +151,7 @@ class Drafter:
 
     def update_live(self, request_id: str, tokens: np.ndarray, num_prompt_tokens: int, problem_id: str | None) -> None:
         """Append the request's live sibling text as :meth:`update` would have, up to what it
-        indexed (``tokens`` beyond that are ignored; no-op for a request not indexed yet)."""
+        saw (``tokens`` beyond that are ignored; no-op for a request not seen yet)."""
         st = self._requests.get(request_id)
         if st is not None:
             self._extend_live(request_id, st, as_tokens(tokens)[: st.indexed], num_prompt_tokens, problem_id)
@@ -212,14 +219,17 @@ class Drafter:
     def propose(self, batch: Sequence[DraftRequest], live: bool = True) -> list[Draft]:
         """Update and draft every request of ``batch``; results align with ``batch``.
 
-        Requests with ``budget <= 0`` still get their trees updated (so a later promotion has
-        context) but cost no ``speculate`` call. ``live``: as in :meth:`update`.
+        Requests with ``budget <= 0`` get no draft, no ``speculate`` call and no own-tree work
+        (their own tree catches up from its last length when they next get a budget), but their
+        new tokens still go into the problem (and, with ``shared_own_text``, global) tree as live
+        sibling text, so their siblings draft from them. ``live``: as in :meth:`update`.
         """
         out: list[Draft] = []
         for req in batch:
             try:
-                self.update(req.request_id, req.tokens, req.num_prompt_tokens, req.problem_id, live)
-                out.append(self.propose_one(req))
+                drafted = req.budget > 0
+                self.update(req.request_id, req.tokens, req.num_prompt_tokens, req.problem_id, live, own=drafted)
+                out.append(self.propose_one(req) if drafted else EMPTY_DRAFT)
             except Exception:  # noqa: BLE001 - fault isolation is the contract
                 self.faults += 1
                 logger.exception("DAS drafter fault for request %s; no draft this step", req.request_id)
