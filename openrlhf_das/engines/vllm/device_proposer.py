@@ -29,7 +29,9 @@ writes the draft tensor on the device. Per engine step (``propose``, end of step
   and counts straight into the device step's inputs, so ``propose`` copies nothing in.
 
 Host work per step is O(1) Python plus numpy over the rows; per-row metadata (problem slot,
-class, budgets) is rebuilt only when the batch changes. Classes follow the length policy of
+class, budgets) is rebuilt only when the batch changes, and written with two host-to-device copies
+(its integer fields packed in one tensor); a batch change carries the rows' pending-draft state
+(packed likewise) with one gather. Classes follow the length policy of
 ``DASSpeculator.class_of`` (``policy/promotion.py``: promotion relative to each request's
 ``max_tokens`` and its problem's past lengths, the tail rule), vectorized over the rows and
 refreshed every ``live_interval`` drafting steps; padded engines give every row ``fill_budget``
@@ -110,18 +112,19 @@ class DASDeviceProposer(DASAsyncProposer):
         self._in_sampled = torch.full((m, k + 1), -1, dtype=torch.int32, device=dev)
         self._in_count = torch.zeros(m, dtype=torch.int32, device=dev)
         # per-row metadata, written at batch changes
-        self._row_slot = torch.full((m,), -1, **i64)
-        self._row_budget = torch.zeros(m, **i64)
+        # (integer fields packed in one tensor: one host-to-device copy per metadata write)
+        self._row_meta = torch.zeros(4, m, **i64)
+        self._row_slot, self._row_budget, self._row_gen_base, self._row_class = self._row_meta.unbind(0)
+        self._row_slot.fill_(-1)  # generated tokens = length + _row_gen_base
         self._row_factor = torch.ones(m, dtype=torch.float32, device=dev)
-        self._row_gen_base = torch.zeros(m, **i64)  # generated tokens = length + this
-        self._row_class = torch.zeros(m, **i64)
         self._pad_on = torch.zeros((), dtype=torch.bool, device=dev)
+        self._pad_on_host: bool | None = None
         # outputs and per-row state carried to the next step
         self._out_len = torch.zeros(m, dtype=torch.int32, device=dev)
-        self._prev_real = torch.zeros(m, **i64)  # real draft tokens proposed to the row
-        self._prev_considered = torch.zeros(m, dtype=torch.bool, device=dev)
-        self._prev_bucket = torch.zeros(m, **i64)
-        self._prev_class = torch.zeros(m, **i64)
+        # per row: real draft tokens proposed, considered (0/1), length bucket and class of the
+        # pending draft; packed so that a batch change carries all four with one gather
+        self._prev_state = torch.zeros(4, m, **i64)
+        self._prev_real, self._prev_considered, self._prev_bucket, self._prev_class = self._prev_state.unbind(0)
         edges = torch.tensor(list(c.length_buckets), **i64)
         self._edges = edges
         self._by_bucket = torch.zeros(len(edges) + 1, _STAT_COLS, **i64)
@@ -198,7 +201,7 @@ class DASDeviceProposer(DASAsyncProposer):
         # sampled - 1, at most the real draft length; filler tokens are not counted)
         got = count > 0
         real = self._prev_real[:b]
-        considered = self._prev_considered[:b] & got
+        considered = self._prev_considered[:b].bool() & got
         accepted = torch.minimum((count.to(torch.int64) - 1).clamp(min=0), real)
         drafted_row = considered & (real > 0)
         cols = torch.stack([torch.where(drafted_row, real, 0), torch.where(drafted_row, accepted, 0),
@@ -400,14 +403,11 @@ class DASDeviceProposer(DASAsyncProposer):
                 del self._live_done[rid]
         n = len(req_ids)
         if n and not (perm >= 0).any():  # after gated steps or a history load: nothing pending
-            for t in (self._prev_real, self._prev_considered):
-                t.zero_()
-        elif n:  # carry each row's pending draft to its new row
-            idx = torch.from_numpy(np.maximum(perm, 0)).to(self.device, non_blocking=True)
-            keep = torch.from_numpy(perm >= 0).to(self.device, non_blocking=True)
-            for t in (self._prev_real, self._prev_considered, self._prev_bucket, self._prev_class):
-                moved = t[idx]
-                t[:n] = torch.where(keep, moved, torch.zeros_like(moved))
+            self._prev_state[:2].zero_()  # real drafts and considered
+        elif n:  # carry each row's pending draft to its new row (new rows: nothing pending)
+            idx = torch.from_numpy(perm).to(self.device, non_blocking=True)
+            moved = self._prev_state[:, idx.clamp(min=0)]
+            self._prev_state[:, :n] = torch.where(idx >= 0, moved, 0)
         self._batch = req_ids
         meta = [self._meta_of(r) for r in req_ids]
         ib = self.runner.input_batch
@@ -445,13 +445,12 @@ class DASDeviceProposer(DASAsyncProposer):
         else:
             budget, factor = np.full(n, c.flat_budget.tokens), np.full(n, c.flat_budget.factor, np.float32)
         budget = np.minimum(budget, self.k)
-        dev = self.device
-        self._row_slot[:n].copy_(torch.from_numpy(self._row_slot_host).to(dev, non_blocking=True))
-        self._row_budget[:n].copy_(torch.from_numpy(budget.astype(np.int64)).to(dev, non_blocking=True))
-        self._row_factor[:n].copy_(torch.from_numpy(factor.astype(np.float32)).to(dev, non_blocking=True))
-        self._row_gen_base[:n].copy_(torch.from_numpy(self._row_offset - self._row_prompt).to(dev, non_blocking=True))
-        self._row_class[:n].copy_(torch.from_numpy(cls).to(dev, non_blocking=True))
-        self._pad_on.fill_(bool(self.pads))
+        meta = np.stack([self._row_slot_host, budget.astype(np.int64), self._row_offset - self._row_prompt, cls])
+        self._row_meta[:, :n].copy_(torch.from_numpy(meta), non_blocking=True)  # slot, budget, gen base, class
+        self._row_factor[:n].copy_(torch.from_numpy(factor.astype(np.float32)), non_blocking=True)
+        if self._pad_on_host is not bool(self.pads):
+            self._pad_on_host = bool(self.pads)
+            self._pad_on.fill_(self._pad_on_host)
         self._meta_dirty = False
 
     def _append_live(self, n: int) -> None:
