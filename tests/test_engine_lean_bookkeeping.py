@@ -25,6 +25,8 @@ from openrlhf_das.engines.vllm import lean_bookkeeping
 from openrlhf_das.engines.vllm.device_proposer import DASDeviceProposer
 from vllm.v1.spec_decode.ngram_proposer_gpu import NgramProposerGPU
 
+pytestmark = pytest.mark.engine
+
 NUM_PROMPTS = 64
 MAX_TOKENS = 24
 ENGINE = dict(max_model_len=1024)
