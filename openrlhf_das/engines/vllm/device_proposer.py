@@ -239,8 +239,9 @@ class DASDeviceProposer(DASAsyncProposer):
             return False
         if self._discard is None:
             from ... import versions
+            from .lean_bookkeeping import FEATURE
 
-            mask = versions.probe("lean_bookkeeping", lambda: self.runner.discard_request_mask.gpu, None)
+            mask = versions.probe(FEATURE, lambda: self.runner.discard_request_mask.gpu, None)
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
                 return False
             self._discard = mask
@@ -276,8 +277,7 @@ class DASDeviceProposer(DASAsyncProposer):
         if self._prep_usable():
             for g in self._prep_graphs.values():
                 g.capture_all()
-        self._prev_real.zero_()
-        self._prev_considered.zero_()
+        self._prev_state[:2].zero_()  # real drafts and considered
         self._by_bucket.zero_()
         self._by_class.zero_()
         self._captured = True

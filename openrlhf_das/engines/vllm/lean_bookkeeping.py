@@ -56,8 +56,10 @@ _COUNTS: dict[int, tuple["weakref.ref[torch.Tensor]", Callable[[], bool]]] = {}
 
 def register_counts(counts: torch.Tensor, on: Callable[[], bool]) -> None:
     """Let the draft trim read ``counts`` (a runner's ``_num_valid_draft_tokens_cpu``, a CPU
-    tensor) as numpy while ``on()`` (the engine's ``lean_bookkeeping`` setting) is true."""
-    _COUNTS[id(counts)] = (weakref.ref(counts), on)
+    tensor) as numpy while ``on()`` (the engine's ``lean_bookkeeping`` setting) is true. A buffer
+    that is not a CPU tensor (another vLLM) is not registered: the trim reads it as vLLM does."""
+    if isinstance(counts, torch.Tensor) and counts.device.type == "cpu":
+        _COUNTS[id(counts)] = (weakref.ref(counts), on)
 
 
 def _lean(counts: Any) -> bool:
@@ -94,13 +96,12 @@ def corrections(runner: Any, fn: Callable[[], None]) -> Callable[[], None]:
         if state is None:
             fn()
             return
-        gpu, scratch, host, _ = state
+        gpu, scratch, host, n = state  # the closure changes lengths, not the batch's rows
         runner.num_tokens_no_spec_gpu = scratch  # the closure's per-row device updates land here
         try:
             fn()
         finally:
             runner.num_tokens_no_spec_gpu = gpu
-        n = int(runner.input_batch.num_reqs)
         if n:
             lengths = torch.from_numpy(np.ascontiguousarray(host[:n], dtype=np.int32))
             if gpu.is_cuda:
