@@ -12,24 +12,20 @@ shift
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 source "$here/env.sh"
+source "$here/workload.sh"
 export PYTHONPATH="$repo:$PYTHONPATH"
-model="${LT_MODEL:-qwen2.5-coder-1.5b-instruct}"
-tokens="${LT_TOKENS:-4096}"
 epoch="${HP_EPOCH:-1}"
 tag="${HP_TAG:-hp}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 cd "$repo"
+mapfile -t workload < <(LT_PROBLEMS="${LT_PROBLEMS:-32}" lt_workload $((epoch + 1)))
 rc=0
 for mode in ${modes//,/ }; do
     set +e
     timeout "${HP_TIMEOUT:-220}" "$GPU_PY" benchmarks/step_profile.py --profiler host --mode "$mode" \
         --epoch "$epoch" --delay "${HP_DELAYS:-50,1200}" --steps "${HP_STEPS:-150,300}" --out "$out/$tag-$mode.json" -- \
-        --model "$GPU_MODELS_DIR/$model" \
-        --prompts-file benchmarks/gpu/prompts/math500-qwen2.5-coder-0.5b.json \
-        --problems "${LT_PROBLEMS:-32}" --samples "${LT_SAMPLES:-8}" --epochs $((epoch + 1)) \
-        --max-tokens "$tokens" --max-model-len $((tokens + 1024)) --temperature "${LT_TEMPERATURE:-1.0}" \
-        --device cuda --das pad_drafts=true "$@" > "$out/$tag-$mode.log" 2>&1
+        "${workload[@]}" "$@" > "$out/$tag-$mode.log" 2>&1
     r=$?
     set -e
     [ $r -eq 0 ] || { rc=$r; tail -n 20 "$out/$tag-$mode.log"; }

@@ -14,20 +14,15 @@ shift
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 source "$here/env.sh"
+source "$here/workload.sh"
 export PYTHONPATH="$repo:$PYTHONPATH"
-model="${LT_MODEL:-qwen2.5-coder-1.5b-instruct}"
-tokens="${LT_TOKENS:-4096}"
+mapfile -t workload < <(lt_workload "${LT_EPOCHS:-4}")
 tag="${LT_TAG:-lt}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 cd "$repo"
 set +e
-timeout "${LT_TIMEOUT:-570}" "$GPU_PY" benchmarks/engine_rollouts.py \
-    --model "$GPU_MODELS_DIR/$model" \
-    --prompts-file benchmarks/gpu/prompts/math500-qwen2.5-coder-0.5b.json \
-    --problems "${LT_PROBLEMS:-16}" --samples "${LT_SAMPLES:-8}" --epochs "${LT_EPOCHS:-4}" \
-    --max-tokens "$tokens" --max-model-len $((tokens + 1024)) --temperature "${LT_TEMPERATURE:-1.0}" \
-    --device cuda --das pad_drafts=true --modes "$mode" --out "$out/$tag-$name.json" "$@" \
+timeout "${LT_TIMEOUT:-570}" "$GPU_PY" benchmarks/engine_rollouts.py "${workload[@]}" --modes "$mode" --out "$out/$tag-$name.json" "$@" \
     > "$out/$tag-$name.log" 2>&1
 rc=$?
 set -e
