@@ -12,8 +12,12 @@ under
 * ``das/aimd`` – the same with online tuning (``tuning.mode: aimd``, the config's tuning knobs:
   ``policy/tuning.py``);
 * ``das`` – the full policy as the config ships it: whichever of the two its ``tuning.mode`` names;
+* ``das/request`` – ``das`` with per-request tuning on (``tuning.request.mode: aimd``, the
+  config's ``tuning.request`` knobs: ``policy/tuning.py``'s ``RequestTuner``), whatever the config ships;
 * ``das/oracle`` – a bound, not a policy: ``das/static`` with each request's class known in
-  advance from its *final* length (long past ``promotion.long_fraction`` of the limit, else short);
+  advance from its *final* length (long past ``promotion.long_fraction`` of the limit, else short;
+  the tail rule ``promotion.tail_running`` still lifts short requests in tail steps, without which
+  a short request of ~1,200 tokens decoded undrafted set the oracle's makespan);
 * ``arctic/<scope>`` – arctic-inference's ``SuffixDecodingCache`` with the same history and flat
   budget ``k_max`` x 1 (``arctic_baseline.py``), and ``union/<k_max>x1``: the union drafter
   (``flat+all``) with the same budget and arctic's context (``pattern_tokens`` = ``max_depth``; at
@@ -50,6 +54,7 @@ import replay as replay_module  # noqa: E402
 from replay import CostModel, _cpu_model, read_trace, replay  # noqa: E402
 
 from openrlhf_das.config import DASConfig, LengthClass  # noqa: E402
+from openrlhf_das.policy import tail_floor  # noqa: E402
 from openrlhf_das.speculator import DASSpeculator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,15 +121,24 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
         final = {f"{step}/{s.problem_id}/{s.sample_index}": s.response.size for step, v in steps.items() for s in v}
         long_at = cfg.promotion.long_fraction * cfg.max_new_tokens
 
+        floor = (LengthClass.SHORT, LengthClass.MEDIUM, LengthClass.LONG)[tail_floor(cfg)]
+
         class Oracle(DASSpeculator):
             def class_of(self, req, num_running=None):
-                return LengthClass.LONG if final[req.request_id] > long_at else LengthClass.SHORT
+                if final[req.request_id] > long_at:
+                    return LengthClass.LONG
+                tail = num_running is not None and num_running <= self.config.promotion.tail_running
+                return floor if tail else LengthClass.SHORT  # the tail rule still applies
 
         replay_module.DASSpeculator = Oracle
         try:
             out = epochs(sim(steps, ["das+all"], cfg, cost)["das+all"])
         finally:
             replay_module.DASSpeculator = DASSpeculator
+    elif name == "das/request":
+        cfg = das_config(base, k_max, tuning=base.tuning.mode == "aimd").with_overrides({"tuning.request.mode": "aimd"})
+        out = epochs(sim(steps, ["das+all"], cfg, cost)["das+all"])
+        out["config"] = cfg.to_dict()
     else:
         cfg = das_config(base, k_max, tuning=name == "das/aimd")
         out = epochs(sim(steps, ["das+all"], cfg, cost)["das+all"])
@@ -135,7 +149,7 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
 
 def policy_names(k_max: int, arctic: bool) -> list[str]:
     flats = [f"flat/{t}x{f}" for t in (4, 8, 16) if t <= k_max for f in (1, 2)]
-    return ["none", *flats, "das/static", "das/aimd", "das/oracle", *([f"union/{k_max}x1", *(f"arctic/{s}" for s in SCOPES)] if arctic else [])]
+    return ["none", *flats, "das/static", "das/aimd", "das/request", "das/oracle", *([f"union/{k_max}x1", *(f"arctic/{s}" for s in SCOPES)] if arctic else [])]
 
 
 def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, jobs: int = 1,
@@ -175,6 +189,8 @@ def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
             "das_vs_none": das / none,
             "das_static_vs_best_flat": static / pol[best]["makespan_s"][e],
             "aimd_vs_static": aimd / static,
+            "das_request_vs_best_flat": pol["das/request"]["makespan_s"][e] / pol[best]["makespan_s"][e]
+            if "das/request" in pol else None,
             "oracle_vs_best_flat": pol["das/oracle"]["makespan_s"][e] / pol[best]["makespan_s"][e]
             if "das/oracle" in pol else None,
         })
@@ -246,17 +262,18 @@ def _markdown_table(by_k: dict[str, Any], label: str | None) -> str:
                          "targets": r["targets"] if label is None else r["targets_by_cost"][label]}
                      for k, r in by_k.items()}}
     lines = ["| k_max | epoch | none (s) | best flat | best flat / none | das / none | das / best flat | "
-             "das/aimd / das/static | oracle / best flat |", "|" + "---|" * 9]
+             "das/aimd / das/static | das/request / best flat | oracle / best flat |", "|" + "---|" * 10]
     for k, r in rep["k_max"].items():
         pol = r["policies"]
         for t in r["targets"]["epochs"]:
             e = t["epoch"]
             none = pol["none"]["makespan_s"][e]
             ratio = {n: pol[n]["makespan_s"][e] / none for n in (t["best_flat"], "das")}
-            oracle = t.get("oracle_vs_best_flat")
+            oracle, req = t.get("oracle_vs_best_flat"), t.get("das_request_vs_best_flat")
             lines.append(f"| {k} | {e} | {none:.2f} | {t['best_flat']} | {ratio[t['best_flat']]:.3f} | "
                          f"{ratio['das']:.3f} | {t['das_vs_best_flat']:.3f} | "
-                         f"{t['aimd_vs_static']:.3f} | {'' if oracle is None else f'{oracle:.3f}'} |")
+                         f"{t['aimd_vs_static']:.3f} | {'' if req is None else f'{req:.3f}'} | "
+                         f"{'' if oracle is None else f'{oracle:.3f}'} |")
     for k, r in rep["k_max"].items():
         t = r["targets"]
         if label is None and "union_tokens_per_verify_step" in t:

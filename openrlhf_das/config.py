@@ -91,6 +91,40 @@ _OFF_WORD = BeforeValidator(lambda value: "off" if value is False else value)
 field takes False as "off"."""
 
 
+class RequestTuningConfig(_Strict):
+    """Per-request tuning (``policy/tuning.py``, :class:`RequestTuner`): a multiplier ``scale`` of
+    each request's budget (after class, promotion and cell tuning), driven by that request's own
+    acceptance. Every ``window`` draft tokens of the request are judged: acceptance rate >=
+    ``increase_at`` raises the scale by ``scale_step`` (at most ``max_scale``); below
+    ``decrease_at`` the excess over 1 is halved, or, at or below 1, the scale is halved (down to
+    ``min_scale``). Budget = ``round(tokens * scale)`` tokens (at least 1, at most the largest class
+    budget) and factor ``factor * scale`` (at most ``tuning.max_factor``); a budget of 0 stays 0.
+    In a step with at most ``promotion.tail_running`` running requests the scale is at least 1
+    (the tail sets the makespan). ``min_scale`` 1: only upwards, within [budget, k];
+    ``max_scale`` 1 (the default): only downwards, so a request whose drafts are rejected stops
+    paying for them while the batch is full. Replayed (docs/configuration.md, "Length policy on
+    replay"): raising budgets per request did not shorten the tail (its requests already draft at k);
+    cutting them spends 30-40 % fewer rejected draft tokens but adds verify steps to the request
+    that sets the makespan, a gain only where draft tokens cost (GPU-shaped cost model).
+    """
+
+    mode: Annotated[Literal["aimd", "off"], _OFF_WORD] = "off"
+    classes: tuple[LengthClass, ...] = (LengthClass.MEDIUM, LengthClass.LONG)
+    """Classes whose requests are scaled (a request of another class keeps its budget)."""
+    window: int = Field(default=16, ge=1)
+    increase_at: float = Field(default=0.3, ge=0.0, le=1.0)
+    decrease_at: float = Field(default=0.1, ge=0.0, le=1.0)
+    scale_step: float = Field(default=0.25, ge=0.0, le=16.0)
+    min_scale: float = Field(default=0.25, gt=0.0, le=1.0)
+    max_scale: float = Field(default=1.0, ge=1.0, le=64.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RequestTuningConfig":
+        if self.decrease_at > self.increase_at:
+            raise ValueError("tuning.request.decrease_at must be <= tuning.request.increase_at")
+        return self
+
+
 class TuningConfig(_Strict):
     """Online tuning of the budget of each (length class, length bucket) cell from the
     acceptance measured in the current run (``policy/tuning.py``, AIMD above the class budget).
@@ -112,6 +146,8 @@ class TuningConfig(_Strict):
     min_drafted: int = Field(default=64, ge=1)
     max_factor: float = Field(default=6.0, gt=0.0, le=16.0)
     factor_step: float = Field(default=0.5, ge=0.0, le=16.0)
+    request: RequestTuningConfig = RequestTuningConfig()
+    """Per-request scale of the budget from the request's own acceptance (off by default)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> "TuningConfig":

@@ -32,6 +32,7 @@ from .policy import (
     CostModelGate,
     CostTable,
     MaxRunningGate,
+    RequestTuner,
     apply_quota,
     assign_length_classes,
     problem_threshold,
@@ -97,6 +98,7 @@ class DASSpeculator:
         )
         self.tracker = AcceptanceTracker(config.length_buckets)
         self.tuner = BudgetTuner(config)
+        self.request_tuner = RequestTuner(config)
         self.classes: dict[str, LengthClass] = {}
         self.problem_promote_at: dict[str, float] = {}
         """Generated length past which a request of the problem is promoted to long."""
@@ -125,6 +127,9 @@ class DASSpeculator:
         ):
             self.tuner = BudgetTuner(config)  # learned cells belong to the former budgets
         self.tuner.config = config
+        if config.tuning.request != self.request_tuner.config.tuning.request:
+            self.request_tuner = RequestTuner(config)
+        self.request_tuner.config = config
         self._max_running = MaxRunningGate(config.gate.max_running) if config.gate.mode == "max_running" else None
         self._cost_gate = (
             CostModelGate(CostTable.load(config.gate.cost_table))
@@ -195,6 +200,12 @@ class DASSpeculator:
         tuned budget of its (class, bucket) cell (the class budget with tuning off)."""
         return self.tuner.budget(length_class, self.tracker.bucket_of(generated))
 
+    def _verified(self, request_id: str, num_sampled: int) -> None:
+        """A verify result of ``request_id``: acceptance counts, and the request's own tuning."""
+        c = self.tracker.on_verified(request_id, num_sampled)
+        if c is not None and c.drafted:
+            self.request_tuner.observe(request_id, c.drafted, c.accepted)
+
     def gate_allows(self, num_running: int) -> bool:
         """False when the batch gate switches drafting off for a step of ``num_running``."""
         return self._max_running is None or self._max_running.allows(num_running)
@@ -205,7 +216,7 @@ class DASSpeculator:
         self.gated_steps += 1
         if self.tracker.has_pending:
             for rid, s in zip(request_ids, sampled):
-                self.tracker.on_verified(rid, len(s))
+                self._verified(rid, len(s))
 
     def step(self, batch: Sequence[StepRequest], num_running: int | None = None, padded_k: int = 0,
              live_siblings: bool = True) -> list[list[int]]:
@@ -218,7 +229,7 @@ class DASSpeculator:
         self.steps += 1
         tracker = self.tracker
         for req in batch:
-            tracker.on_verified(req.request_id, req.num_sampled)
+            self._verified(req.request_id, req.num_sampled)
         running = len(batch) if num_running is None else num_running
         self.tuner.observe(self.steps, tracker.by_cell)
         if not self.gate_allows(running):
@@ -231,6 +242,10 @@ class DASSpeculator:
             budgets = [c.fill_budget] * len(batch)
         elif c.length_policy:
             budgets = [self.budget_of(k, r.generated) for k, r in zip(classes, batch)]
+            if self.request_tuner.enabled:
+                tail = running <= c.promotion.tail_running
+                budgets = [self.request_tuner.budget(r.request_id, b, tail, k)
+                           for r, b, k in zip(batch, budgets, classes)]
         else:
             budgets = [c.flat_budget] * len(batch)
         tokens = [b.tokens for b in budgets]
@@ -269,6 +284,7 @@ class DASSpeculator:
         """The request left the engine (finished/aborted); free its per-request state."""
         self.drafter.finish(request_id, keep_as_sibling)
         self.tracker.forget(request_id)
+        self.request_tuner.forget(request_id)
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict:
@@ -286,4 +302,5 @@ class DASSpeculator:
             "last_snapshot_seconds": self.last_snapshot_seconds,
             "tuning": self.tuner.table(),
             "tuning_changes": len(self.tuner.changes),
+            "request_tuning_changes": self.request_tuner.changes,
         }

@@ -38,6 +38,9 @@ def test_policies_and_configs(tiny_k4: dict) -> None:
     assert pol["das/aimd"]["config"]["budgets"]["long"]["tokens"] == 4
     assert pol["das/aimd"]["config"]["tuning"]["mode"] == "aimd"
     assert pol["das/static"]["config"]["tuning"]["mode"] == "off"
+    assert pol["das/request"]["config"]["tuning"]["request"]["mode"] == "aimd"  # das + per-request tuning
+    assert pol["das/request"]["config"]["tuning"]["mode"] == "aimd"
+    assert pol["das/aimd"]["config"]["tuning"]["request"]["mode"] == "off"  # as math.yaml ships it
     assert pol["das"]["same_as"] == "das/aimd"  # math.yaml ships tuning on
     assert pol["das"]["makespan_s"] == pol["das/aimd"]["makespan_s"]
     assert pol["none"]["accepted"] == [0, 0, 0]
@@ -54,6 +57,8 @@ def test_targets_are_ratios_of_the_recorded_makespans(tiny_k4: dict) -> None:
         assert pol[best]["makespan_s"][e] == min(pol[n]["makespan_s"][e] for n in pol if n.startswith("flat/"))
         assert x["das_vs_best_flat"] == pytest.approx(pol["das"]["makespan_s"][e] / pol[best]["makespan_s"][e])
         assert x["das_vs_none"] == pytest.approx(pol["das"]["makespan_s"][e] / pol["none"]["makespan_s"][e])
+        assert x["das_request_vs_best_flat"] == pytest.approx(
+            pol["das/request"]["makespan_s"][e] / pol[best]["makespan_s"][e])
     assert t["das_vs_none_met"] == all(x["das_vs_none"] <= 0.70 for x in t["epochs"])
     assert set(t["arctic_tokens_per_verify_step"]) == {"arctic/global", "arctic/problem", "arctic/both"}
     assert all(v > 1.0 for v in t["arctic_tokens_per_verify_step"].values())

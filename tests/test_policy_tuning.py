@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 
 from openrlhf_das.config import DASConfig, LengthClass
-from openrlhf_das.policy import BudgetTuner, Counts
+from openrlhf_das.config import ClassBudget
+from openrlhf_das.policy import BudgetTuner, Counts, RequestTuner
 from openrlhf_das.speculator import DASSpeculator
 from test_speculator import request, response, snapshot
 
@@ -120,3 +121,95 @@ def test_speculator_grows_a_well_accepted_cell_from_measured_acceptance() -> Non
         pos += sampled
     assert lengths[0] == 2 and max(lengths) == 6  # grew from the class budget to k, no further
     assert spec.stats()["tuning"]["medium/0"]["tokens"] == 6 and spec.stats()["tuning_changes"] >= 4
+
+
+# ---------------------------------------------------------------------------- per request
+def request_tuner(**request) -> RequestTuner:
+    cfg = DASConfig().with_overrides({"budgets.long.tokens": 8, "budgets.long.factor": 2.0, "tuning.max_factor": 6.0,
+                                      "tuning.request.mode": "aimd", "tuning.request.window": 10,
+                                      **{f"tuning.request.{k}": v for k, v in request.items()}})
+    return RequestTuner(cfg)
+
+
+def test_request_scale_follows_its_own_acceptance_within_bounds() -> None:
+    t = request_tuner(increase_at=0.5, decrease_at=0.2, scale_step=0.5, max_scale=4.0, min_scale=1.0)
+    medium = ClassBudget(tokens=2, factor=1.0)
+    t.observe("a", 6, 6)
+    assert t.scale("a") == 1.0  # 6 < window: not judged yet
+    t.observe("a", 4, 3)  # window of 10 at 0.9
+    assert t.scale("a") == 1.5 and t.budget("a", medium) == ClassBudget(tokens=3, factor=1.5)
+    for _ in range(20):
+        t.observe("a", 10, 10)
+    assert t.scale("a") == 4.0  # max_scale
+    assert t.budget("a", ClassBudget(tokens=8, factor=2.0)) == ClassBudget(tokens=8, factor=6.0)  # k, max_factor
+    t.observe("a", 10, 1)  # poor: the excess over 1 halved
+    assert t.scale("a") == 2.5
+    for _ in range(10):
+        t.observe("a", 10, 0)
+    assert t.scale("a") == 1.0  # min_scale 1: never below the cell budget
+    assert t.budget("b", medium) == medium and t.scale("b") == 1.0  # another request: untouched
+    t.forget("a")
+    assert t.scale("a") == 1.0 and t.changes > 0
+
+
+def test_request_scale_below_one_only_outside_the_tail() -> None:
+    t = request_tuner(decrease_at=0.2, min_scale=0.25)  # default max_scale 1
+    long = ClassBudget(tokens=8, factor=2.0)
+    for _ in range(5):
+        t.observe("a", 10, 0)
+    assert t.scale("a") == 0.25 and t.budget("a", long) == ClassBudget(tokens=2, factor=0.5)
+    assert t.budget("a", long, tail=True) == long  # a tail step: at least the cell budget
+    assert t.budget("a", ClassBudget(tokens=0, factor=1.0)).tokens == 0  # no budget stays none
+    assert t.budget("a", ClassBudget(tokens=1, factor=1.0)).tokens == 1  # at least one token
+    monotone = []
+    for accepted in range(11):  # from the same state, a better window never leaves a smaller scale
+        u = request_tuner(increase_at=0.5, decrease_at=0.2, min_scale=0.25, max_scale=2.0)
+        u.observe("a", 10, 10)
+        u.observe("a", 10, accepted)
+        monotone.append(u.scale("a"))
+    assert monotone == sorted(monotone) and monotone[0] < monotone[-1]
+
+
+def test_request_tuning_off_keeps_budgets() -> None:
+    t = RequestTuner(DASConfig())
+    t.observe("a", 100, 0)
+    assert t.scale("a") == 1.0 and t.budget("a", DASConfig().budgets.long) == DASConfig().budgets.long
+
+
+def test_request_tuning_defaults_only_cut() -> None:
+    t = RequestTuner(DASConfig().with_overrides({"tuning.request.mode": "aimd"}))
+    for _ in range(10):
+        t.observe("a", 16, 16)  # well accepted: max_scale 1 keeps the budget
+    assert t.scale("a") == 1.0
+    for _ in range(10):
+        t.observe("a", 16, 0)
+    assert t.scale("a") == 0.25  # min_scale
+
+
+def test_speculator_scales_a_request_by_its_own_acceptance() -> None:
+    """Two requests of one class: the one whose drafts are accepted grows to k, the one whose
+    drafts are rejected falls to its min_scale share of the class budget."""
+    cfg = DASConfig().with_overrides({"shared_own_text": False, "promotion.tail_running": 0,
+                                      "budgets.medium.tokens": 4, "budgets.medium.factor": 4.0, "budgets.long.tokens": 8,
+                                      "tuning.request.mode": "aimd", "tuning.request.window": 4,
+                                      "tuning.request.scale_step": 1.0, "tuning.request.min_scale": 0.25,
+                                      "tuning.request.max_scale": 2.0})
+    spec = DASSpeculator(cfg)
+    spec.load_snapshot(snapshot())
+    r1 = response("p1")  # p1: medium
+    good, bad, last_good, last_bad = 2, 2, 0, 0
+    lengths_good, lengths_bad = [], []
+    for _ in range(12):
+        d_good, d_bad = spec.step([request("g", "p1", r1[:good], num_sampled=last_good),
+                                   request("b", "p1", r1[:bad], variant=1, num_sampled=last_bad)])
+        lengths_good.append(len(d_good))
+        lengths_bad.append(len(d_bad))
+        last_good = len(d_good) + 1  # every draft token accepted
+        good += last_good
+        last_bad = 1  # every draft token rejected
+        bad += 1
+    assert lengths_good[0] == 4 and max(lengths_good) == 8  # grew from the class budget to k
+    assert lengths_bad[0] == 4 and lengths_bad[-1] == 1  # 4 x 0.25
+    assert spec.stats()["request_tuning_changes"] >= 3
+    spec.finish("g")
+    assert "g" not in spec.request_tuner.requests

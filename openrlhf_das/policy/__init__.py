@@ -8,7 +8,7 @@ from .gate import CostModelGate, CostTable, MaxRunningGate
 from .length_classes import assign_length_classes, promote
 from .promotion import problem_threshold, promoted_rank, run_thresholds, tail_floor
 from .quota import apply_quota
-from .tuning import BudgetTuner
+from .tuning import BudgetTuner, RequestTuner
 
 __all__ = [
     "AcceptanceTracker",
@@ -17,6 +17,7 @@ __all__ = [
     "CostTable",
     "Counts",
     "MaxRunningGate",
+    "RequestTuner",
     "apply_quota",
     "assign_length_classes",
     "bucket_labels",

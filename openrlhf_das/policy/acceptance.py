@@ -100,11 +100,12 @@ class AcceptanceTracker:
         """Record the draft (possibly empty) given to a request for its next verify step."""
         self._pending[request_id] = _Pending(drafted, length_class, self.bucket_of(response_length))
 
-    def on_verified(self, request_id: str, num_sampled: int) -> None:
-        """Record a verify result: ``num_sampled`` tokens came out of the step (accepted + 1)."""
+    def on_verified(self, request_id: str, num_sampled: int) -> Counts | None:
+        """Record a verify result: ``num_sampled`` tokens came out of the step (accepted + 1).
+        Returns the request's counts of this verify step (None: no draft was pending)."""
         p = self._pending.pop(request_id, None)
         if p is None or num_sampled <= 0:
-            return
+            return None
         accepted = min(max(num_sampled - 1, 0), p.drafted)
         c = Counts(p.drafted, accepted, 1 if p.drafted else 0, 1)
         self.total.add(c)
@@ -114,6 +115,7 @@ class AcceptanceTracker:
         if cell is None:
             cell = self.by_cell[(p.length_class.value, p.bucket)] = Counts()
         cell.add(c)
+        return c
 
     @property
     def has_pending(self) -> bool:

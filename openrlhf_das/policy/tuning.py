@@ -117,3 +117,88 @@ class BudgetTuner:
     def table(self) -> dict[str, dict[str, float]]:
         """Current budgets of the judged cells, ``{"long/2": {"tokens": 9, "factor": 2.5}}``."""
         return {f"{c}/{b}": {"tokens": s.tokens, "factor": s.factor} for (c, b), s in sorted(self.cells.items())}
+
+
+@dataclass
+class _RequestState:
+    scale: float = 1.0
+    drafted: int = 0  # the current window's counts
+    accepted: int = 0
+
+
+@dataclass
+class RequestTuner:
+    """Per-request scale of the budget from the request's own acceptance
+    (``tuning.request``, :class:`~openrlhf_das.config.RequestTuningConfig`).
+
+    A cell's budget serves every request of a class and length bucket alike; within one cell,
+    requests differ in how predictable their text is. Each request keeps a ``scale`` (1 at its
+    first draft). Every ``window`` draft tokens of the request are judged by their acceptance rate:
+    >= ``increase_at``: scale + ``scale_step`` (at most ``max_scale``); < ``decrease_at``: the
+    excess over 1 halved (down to a whole ``scale_step``), or at or below 1 the scale halved (at
+    least ``min_scale``). The budget
+    handed out is the cell's budget scaled (:meth:`budget`), with the scale at least 1 in tail steps.
+    Units: tokens; ``scale`` is a multiplier of tokens and factor alike.
+    """
+
+    config: DASConfig
+    requests: dict[str, _RequestState] = field(default_factory=dict)
+    changes: int = 0
+    """Scale changes so far (all requests)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.length_policy and self.config.tuning.request.mode == "aimd"
+
+    def observe(self, request_id: str, drafted: int, accepted: int) -> None:
+        """One verify step of ``request_id``: ``accepted`` of its ``drafted`` draft tokens."""
+        if not self.enabled or drafted <= 0:
+            return
+        t = self.config.tuning.request
+        st = self.requests.get(request_id)
+        if st is None:
+            st = self.requests[request_id] = _RequestState()
+        st.drafted += drafted
+        st.accepted += accepted
+        if st.drafted < t.window:
+            return
+        rate = st.accepted / st.drafted
+        st.drafted = st.accepted = 0
+        scale = st.scale
+        if rate >= t.increase_at:
+            scale = min(scale + t.scale_step, t.max_scale)
+        elif rate < t.decrease_at:
+            if scale > 1.0:  # the excess halved, down to a whole scale_step
+                scale = 1.0 + (int((scale - 1.0) / 2 / t.scale_step + 1e-9) * t.scale_step if t.scale_step else 0.0)
+            else:
+                scale = max(scale / 2, t.min_scale)
+        if scale != st.scale:
+            st.scale = scale
+            self.changes += 1
+
+    def scale(self, request_id: str, tail: bool = False) -> float:
+        st = self.requests.get(request_id)
+        s = 1.0 if st is None else st.scale
+        return max(s, 1.0) if tail else s
+
+    def budget(self, request_id: str, base: ClassBudget, tail: bool = False,
+               length_class: LengthClass | None = None) -> ClassBudget:
+        """``base`` (the request's class or cell budget) scaled by the request's scale; tokens in
+        [1, k] (k: the largest class budget), factor at most ``max(tuning.max_factor, base
+        factor)``; a budget of 0 stays 0. ``tail``: a step of at most ``promotion.tail_running``
+        running requests (the scale counts as at least 1). ``length_class`` outside
+        ``tuning.request.classes``: ``base``."""
+        if not self.enabled or base.tokens == 0:
+            return base
+        if length_class is not None and length_class not in self.config.tuning.request.classes:
+            return base
+        s = self.scale(request_id, tail)
+        if s == 1.0:
+            return base
+        k = max(self.config.budgets.max_tokens, base.tokens)
+        tokens = min(max(int(round(base.tokens * s)), 1), k)
+        factor = min(base.factor * s, max(self.config.tuning.max_factor, base.factor))
+        return ClassBudget(tokens=tokens, factor=factor)
+
+    def forget(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
