@@ -12,7 +12,8 @@ and budget over time). Per epoch >= 1 it writes, for each policy,
   ``* draft_step``);
 * the request that finishes last (sets ``T``): its length, verify steps, and under ``das`` its
   class and budget by generated length (the points where they change);
-* rejected draft tokens by class at drafting time (who wastes);
+* rejected draft tokens by class at drafting time (who wastes; a request's last draft, verified
+  after the speculator last sees the request, counts as rejected: at most k_max per request);
 * bounds of any length policy whose longest request takes the best flat's ``T`` steps: no
   rejected draft token at all (``bound_T_flat``), and the same at ``das``'s ``T``.
 
@@ -197,6 +198,30 @@ def summary(trace: str, k: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict[str, Any], trace: str) -> str:
+    """One docs row per k_max and epoch >= 1: the default model's split and bounds, then the
+    extra cost model's ratios against its own best flat."""
+    lines = ["| trace | k_max | epoch | best flat | T das / flat / fewest | rejected das (M / L) / flat | "
+             "das / best flat | bound at flat's T | bound at fewest T | GPU-shaped: das / best flat | bound at fewest T |",
+             "|" + "---|" * 11]
+    for k, r in result["k_max"].items():
+        extra = next(iter(r["extra_best"].values()), [])
+        label = next(iter(r["extra_best"]), None)
+        for i, row in enumerate(r["default_best"]):
+            P, b = row["policies"], row["bounds"]["default"]
+            probe = next(n for n in P if n.endswith("x16"))
+            T = lambda n: P[n]["by_cost"]["default"]["T"]  # noqa: E731
+            rej = P["das"]["rejected_by_class"]
+            g = extra[i]["bounds"][label] if label else None
+            lines.append(
+                f"| {trace} | {k} | {row['epoch']} | {row['best_flat']} | {T('das')} / {T(row['best_flat'])} / {T(probe)} | "
+                f"{P['das']['rejected'] / 1e3:.0f}k ({rej[1] / 1e3:.0f}k / {rej[2] / 1e3:.0f}k) / "
+                f"{P[row['best_flat']]['rejected'] / 1e3:.0f}k | {b['das_vs_best_flat']:.3f} | {b['bound_T_flat']:.3f} | "
+                f"{b['bound_T_min']:.3f} | "
+                + (f"{g['das_vs_best_flat']:.3f} ({extra[i]['best_flat']}) | {g['bound_T_min']:.3f} |" if g else " | |"))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("report", help="policy_replay.py report JSON (its trace, config, k_max and best flats)")
@@ -204,8 +229,12 @@ def main() -> None:
     ap.add_argument("--trace", help="default: benchmarks/traces/<the report's trace>.jsonl*")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out's JSON and exit")
     args = ap.parse_args()
     rep = json.loads(Path(args.report).read_text())
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text()), rep["trace"].split("-")[1]))
+        return
     trace = args.trace or next(p for p in (ROOT / "benchmarks" / "traces").glob(f"{rep['trace']}.jsonl*"))
     base = DASConfig.from_dict(rep["config"])
     costs = {"default": CostModel(**rep["cost_model"])}

@@ -84,3 +84,31 @@ def test_das_config_scales_the_long_budget_only() -> None:
     c = das_config(base, 16, tuning=False)
     assert (c.budgets.short.tokens, c.budgets.medium.tokens, c.budgets.long.tokens) == (0, 4, 16)
     assert das_config(base, 2, tuning=True).budgets.medium.tokens == 2 and c.max_budget == 16
+
+
+def test_policy_gap_split_prices_the_replayed_makespan(tmp_path: Path) -> None:
+    """policy_gap.py: T x base + query tokens x per_token (+ drafting steps) is the replay's
+    makespan, query tokens = verify steps + draft tokens (~ response tokens + rejected draft
+    tokens), and T is the verify steps of the request that finishes last."""
+    from policy_gap import price, run_policy
+
+    path = tmp_path / "tiny.jsonl"
+    write_trace(path, TINY, seed=3)
+    base = DASConfig.from_yaml(ROOT / "configs" / "das" / "math.yaml").with_overrides(
+        {"max_new_tokens": 240, "gate.mode": "off"})
+    gpu = CostModel.parse_ms("2.63:0.0145:2.4")
+    for name, flat in (("das", None), ("das/oracle", None), ("flat/4x2", "flat/4x2")):
+        _, run = run_policy((name, str(path), base, 4, flat))
+        for e, step in enumerate(run["steps"]):
+            if e == 0:
+                continue
+            eng = run["engine_steps"][e]
+            reqs = {rid: r for rid, r in run["requests"].items() if rid.startswith(f"{e}/")}
+            assert price(eng, CostModel())["makespan_s"] == pytest.approx(step["makespan_s"]), name
+            assert price(eng, CostModel())["T"] == step["engine_steps"] == max(r["steps"] for r in reqs.values())
+            assert price(eng, gpu)["q"] == sum(r["steps"] for r in reqs.values()) + step["drafted"]
+            assert sum(r["drafted"] for r in reqs.values()) == step["drafted"]
+            # a request's last draft is never seen verified by the speculator: counted as rejected
+            unseen = step["accepted"] - sum(r["accepted"] for r in reqs.values())
+            assert 0 <= unseen <= 4 * len(reqs)
+            assert price(eng, gpu)["q"] <= step["tokens"] + step["drafted"] - step["accepted"] + len(reqs)
