@@ -88,9 +88,28 @@ def _install_async() -> None:
     _rebind(ngram_gpu_mod, "NgramProposerGPU", DASAsyncProposer)
 
 
+def share_vllm_log_handlers() -> bool:
+    """Send the package's log records through vLLM's handlers in processes vLLM starts (engine
+    core, workers), where nothing else configures logging: without this the ``openrlhf_das``
+    INFO lines (graphs captured, drafter settings, snapshot loads) are dropped there, since
+    Python's last-resort handler prints warnings only. Nothing changes where logging is already
+    configured (a handler on the root logger, e.g. an application's or pytest's, or on
+    ``openrlhf_das`` itself). Returns whether the handlers were attached."""
+    pkg, root, vllm_logger = logging.getLogger("openrlhf_das"), logging.getLogger(), logging.getLogger("vllm")
+    if pkg.handlers or root.handlers or not vllm_logger.handlers:
+        return False
+    for handler in vllm_logger.handlers:
+        pkg.addHandler(handler)
+    if pkg.level == logging.NOTSET:
+        pkg.setLevel(vllm_logger.getEffectiveLevel())
+    pkg.propagate = False  # the root logger has no handler: nothing is lost
+    return True
+
+
 def register() -> None:
     from . import cpu_sampler_fix, scheduler_gate
 
+    share_vllm_log_handlers()
     cpu_sampler_fix.apply()  # also for non-DAS engines (guarded: feature "cpu_sampler_fix")
     why = versions.untested("vllm")
     if why is None:
