@@ -20,8 +20,10 @@ engine in its own subprocess, on the same prompts:
                  is torch-compiled: give the call ``--compile-mode 3``)       (g)
 
 Output: JSON with per-epoch rollout seconds, tokens/s, acceptance per length bucket (DAS),
-drafter CPU share, and ratios vs (a)/(a') from the same run; a PNG; optionally the rollouts of
-``nospec`` as a zstd JSONL trace for ``benchmarks/replay.py``.
+drafter CPU share, and ratios vs (a)/(a') from the same run; per epoch the engine's step timeline
+(``step_timeline``: milliseconds per step by kind — plain, drafted, prefill — and batch size,
+measured in the engine process; ``--no-step-timeline`` leaves it out); a PNG; optionally the
+rollouts of ``nospec`` as a zstd JSONL trace for ``benchmarks/replay.py``.
 
 CPU: ``--device cpu`` (eager). GPU: CUDA graphs via ``--cudagraph-mode`` (see docs/gpu.md).
 
@@ -90,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="devices to spread the engines over (default engines x tensor-parallel); fewer = shared")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge the modes of earlier runs of one workload (e.g. one device call per mode) into --out")
+    p.add_argument("--no-step-timeline", dest="step_timeline", action="store_false",
+                   help="do not record the engine step timeline (step_timeline.py: ms per step by kind and batch size)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--sync-dir", default=None, help=argparse.SUPPRESS)
@@ -195,6 +199,11 @@ def run_child(args) -> None:
 
     from epochs import run_epochs  # benchmarks/epochs.py (this folder)
 
+    import step_timeline  # benchmarks/step_timeline.py (this folder)
+
+    if args.step_timeline:
+        step_timeline.register()  # before the engine starts: it reads the serialization setting then
+
     if Path(args.model).is_dir():
         model = args.model
     else:
@@ -221,12 +230,26 @@ def run_child(args) -> None:
     sp = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
     das = mode in DAS_MODES
     cfg = _das_config(args, mode) if das else None
+    timelines: dict[int, dict] = {}
+
+    def on_epoch(epoch: int, phase: str) -> None:  # the engine's steps of each epoch, nothing between
+        calls = llm.collective_rpc(step_timeline.take)[0]
+        if phase == "end":
+            timelines[epoch] = step_timeline.summarize(calls)
+
+    if args.step_timeline:
+        llm.collective_rpc(step_timeline.start)
     results = run_epochs(llm, problems, args.samples, sp, args.epochs, das=das,
-                         window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True)
+                         window=cfg.window if cfg else 5, keep_outputs=bool(args.trace), timeline=True,
+                         on_epoch=on_epoch if args.step_timeline else None)
+    epochs = [r.summary() for r in results]
+    for e in epochs:
+        if e["epoch"] in timelines:
+            e["step_timeline"] = timelines[e["epoch"]]
     out = {"mode": mode, "engine_start_seconds": start_s, "engine_started_at": started_at, "engine_ready_at": ready_at,
            "max_cudagraph_capture_size": kw.get("compilation_config", {}).get("max_cudagraph_capture_size"),
            "problem_ids": [p.problem_id for p in problems],
-           "epochs": [r.summary() for r in results]}
+           "epochs": epochs}
     if args.trace:
         _write_trace(args.trace, problems, args.samples, results)
     print("CHILD_RESULT " + json.dumps(out), flush=True)
