@@ -210,3 +210,36 @@ def test_real_files(tmp_path, capsys):
                                                                                  abs=0.01)
     d = res["pooled"]["das_async"]["das"]
     assert 0.3 < d["acceptance"]["total"]["acceptance_rate"] < 0.6 and d["gated_steps"] > 0
+
+
+def _timeline(plain_ms: float, drafted_ms: float | None) -> dict:
+    """A step timeline: 4 bulk steps of 200 requests (``plain_ms`` each), then 3 tail steps of 40
+    requests, drafted (``drafted_ms``) or, without it, plain at half the bulk's time; a step's
+    time is the interval to the next call, so a last (untimed) call closes the epoch."""
+    steps = [(200, 200, 0, plain_ms)] * 4
+    steps += [(40, 200, 160, drafted_ms)] * 3 if drafted_ms is not None else [(40, 40, 0, plain_ms / 2)] * 3
+    t = [0.0]
+    for *_, ms in steps:
+        t.append(t[-1] + ms / 1e3)
+    steps.append(steps[-1])
+    return pool_runs.step_timeline.summarize({"t": t, "n": [s[0] for s in steps], "tokens": [s[1] for s in steps],
+                                              "spec": [s[2] for s in steps]})
+
+
+def test_measured_step_timeline_pooled_against_the_baseline():
+    calls = two_calls()
+    for call in calls:
+        for e in call["results"]["nospec"]["epochs"]:
+            e["step_timeline"] = _timeline(6.0, None)
+        for e in call["results"]["das_gpu"]["epochs"]:
+            e["step_timeline"] = _timeline(9.0, 5.0)
+    res = pool_runs.pool(calls, ["c0.json", "c1.json"], "nospec", tail_running=2)
+    got = {(r["bucket"], r["kind"]): r for r in res["pooled"]["das_gpu"]["step_ratio"]}
+    assert got[("129-256", "plain")]["ratio"] == pytest.approx(1.5)  # the gated bulk step
+    assert got[("33-64", "drafted")]["ratio"] == pytest.approx(5.0 / 3.0, abs=1e-4)  # vs plain 40-request steps
+    assert got[("33-64", "drafted")]["steps"] == 4 * 3  # 2 calls x 2 epochs
+    assert res["pooled"]["nospec"]["step_timeline"]["by_kind"]["plain"]["steps"] == 4 * 7
+    assert "ms per engine step, measured" in pool_runs.markdown(res)
+    del calls[1]["results"]["nospec"]["epochs"][0]["step_timeline"]  # an older file: no measured table
+    res = pool_runs.pool(calls, ["c0.json", "c1.json"], "nospec", tail_running=2)
+    assert res["pooled"]["nospec"]["step_timeline"] is None and res["pooled"]["das_gpu"]["step_ratio"] is None

@@ -40,6 +40,13 @@ ms per engine step (estimates, ``step_ms`` in the JSON, each with how it was der
   response's length; tail ms per step = tail seconds / (longest - that length);
 - other modes (``ngram_gpu``, ...): not derivable from the results (no step count).
 
+ms per engine step, measured (``step_timeline`` in the JSON; files of ``engine_rollouts.py`` that
+record the engine's step timeline, ``benchmarks/step_timeline.py``): each mode's steps of every
+epoch of every call merged, by kind (plain, drafted, prefill) and batch-size bucket, and each
+mode's plain and drafted steps over the baseline's plain steps in the same bucket
+(``step_ratio``): the gated bulk step and "a drafted step vs a no-spec step at the same batch
+size" without estimates. Absent when a call's files lack the timeline.
+
 Runaway samples (responses of ``max_tokens`` tokens) are counted per mode, call and epoch, and
 the ratio over the (call, epoch) pairs where neither the mode nor the baseline had one is
 reported beside the plain ratio (``no_runaway``), so HumanEval runaways can be told apart.
@@ -58,6 +65,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROLLOUTS = HERE.parent / "engine_rollouts.py"
+sys.path.insert(0, str(HERE.parent))
+
+import step_timeline  # noqa: E402  benchmarks/step_timeline.py
 
 _WORKLOAD_ARGS_COPY = ("model", "dataset", "prompts_file", "problems", "samples", "epochs", "max_tokens",
                        "temperature", "seed", "k", "das", "device", "cudagraph_mode", "compile_mode",
@@ -343,13 +353,25 @@ def pool(reports: list[dict], names: list[str], baseline: str = "nospec", tail_r
             "runaways_per_call_epoch": [[r["runaways"] for r in rr] for rr in per_rows],
             "das": das_summary(raw),
             "step_ms": step_ms(m, raw, per_rows, tail_running),
+            "step_timeline": measured_steps(raw),
         }
+    for m in everywhere:
+        tl, base_tl = pooled[m]["step_timeline"], pooled[baseline]["step_timeline"]
+        pooled[m]["step_ratio"] = step_timeline.ratios(tl, base_tl) if tl and base_tl else None
     gpu = reports[0].get("machine", {}).get("gpu") or reports[0].get("machine", {}).get("device")
     keys = workload_args()
     return {"gpu": gpu, "baseline": baseline, "tail_running": tail_running,
             "workload": {k: reports[0]["args"].get(k) for k in keys},
             "files": [{"file": c["file"], "seed": c["seed"], "order": c["order"]} for c in calls],
             "modes": everywhere, "calls": calls, "pooled": pooled, "notes": notes}
+
+
+def measured_steps(raw: list[list[dict]]) -> dict | None:
+    """The mode's step timelines (every epoch of every call) merged; None unless every epoch has one."""
+    epochs = [e for call in raw for e in call]
+    if not epochs or any(not e.get("step_timeline") for e in epochs):
+        return None
+    return step_timeline.merge([e["step_timeline"] for e in epochs])
 
 
 def _raw_epochs(rep: dict, mode: str) -> list[dict]:
@@ -448,6 +470,16 @@ def markdown(res: dict) -> str:
             bulk = s.get("bulk_ms_per_gated_step", s.get("bulk_ms_per_step"))
             tail = s.get("tail_ms_per_drafted_step", s.get("tail_ms_per_step"))
             lines.append(f"| {m} | {_s(s['all_ms'], 2)} | {_s(bulk, 2)} | {_s(tail, 2)} | {s['how']} |")
+    timed = [m for m in res["modes"] if res["pooled"][m].get("step_ratio")]
+    if timed:
+        lines += ["", f"ms per engine step, measured (step timeline, pooled over calls and epochs; vs {b}'s plain "
+                  "steps of the same batch size):", "",
+                  "| mode | requests per step | kind | steps | ms per step | ms, baseline | ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in timed:
+            for r in res["pooled"][m]["step_ratio"]:
+                lines.append(f"| {m} | {r['bucket']} | {r['kind']} | {r['steps']} | {_s(r['ms'], 2)} | "
+                             f"{_s(r['base_ms'], 2)} | {_x(r['ratio'])} |")
     if res["notes"]:
         lines += ["", "Notes:"] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines)
