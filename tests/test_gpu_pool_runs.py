@@ -114,6 +114,10 @@ def test_pool_synthetic():
     assert r["all"] == pytest.approx(34 / 38) and r["e0"] == pytest.approx(23 / 20)
     assert r["e1plus"] == pytest.approx(11 / 18)
     assert r["bulk"] == pytest.approx(18 / 15) and r["tail"] == pytest.approx(16 / 23)
+    # bulk = 4th finish time: das_gpu e0 5 + 5, e1 4 + 4; nospec e0 4 + 4, e1 3 + 4
+    assert (p["bulk_e0_s"], p["bulk_e1plus_s"], b["bulk_e0_s"], b["bulk_e1plus_s"]) == (10.0, 8.0, 8.0, 7.0)
+    assert p["bulk_split"] == {"bulk_e0": pytest.approx(10 / 8), "bulk_e1plus": pytest.approx(8 / 7)}
+    assert res["calls"][1]["modes"]["das_gpu"]["bulk_split"]["bulk_e1plus"] == pytest.approx(4 / 4)
     assert p["per_call_ratio"]["all"] == pytest.approx([1.0, 0.8])
     assert p["mean_call_ratio"]["all"] == pytest.approx(0.9)
     assert b["ratio"]["all"] == 1.0

@@ -14,6 +14,7 @@ Per call and pooled (pooled = sum of seconds over the calls, for the modes prese
 call; also the mean of the per-call ratios), against the baseline:
 
 - ``all``: all epochs; ``e0``: epoch 0; ``e1+``: epochs 1.. (``epochs1plus``, 0-based);
+- ``bulk_split``: the bulk ratio of epoch 0 (no history yet) and of epochs 1.. apart;
 - ``bulk`` / ``tail`` (as docs/gpu.md, runs 5 and 6): per epoch, bulk seconds = the finish time
   at which the number of still-running requests first drops to <= ``--tail-running`` (64, the
   DAS gate's ``max_running``): requests - #(finish_seconds <= t) <= 64; tail = epoch seconds -
@@ -133,7 +134,9 @@ def mode_times(rows: list[dict]) -> dict:
     return {"all_s": _sum(r["seconds"] for r in rows),
             "e0_s": _sum(r["seconds"] for r in rows if r["epoch"] == 0),
             "e1plus_s": _sum(r["seconds"] for r in rows if r["epoch"] != 0),
-            "bulk_s": _sum(r["bulk_s"] for r in rows), "tail_s": _sum(r["tail_s"] for r in rows)}
+            "bulk_s": _sum(r["bulk_s"] for r in rows), "tail_s": _sum(r["tail_s"] for r in rows),
+            "bulk_e0_s": _sum(r["bulk_s"] for r in rows if r["epoch"] == 0),
+            "bulk_e1plus_s": _sum(r["bulk_s"] for r in rows if r["epoch"] != 0)}
 
 
 RATIO_KEYS = (("all", "all_s"), ("e0", "e0_s"), ("e1plus", "e1plus_s"), ("bulk", "bulk_s"), ("tail", "tail_s"))
@@ -141,6 +144,14 @@ RATIO_KEYS = (("all", "all_s"), ("e0", "e0_s"), ("e1plus", "e1plus_s"), ("bulk",
 
 def ratios(mode: dict, base: dict) -> dict:
     return {k: _ratio(mode[s], base[s]) for k, s in RATIO_KEYS}
+
+
+BULK_SPLIT_KEYS = (("bulk_e0", "bulk_e0_s"), ("bulk_e1plus", "bulk_e1plus_s"))
+"""The bulk ratio split into epoch 0 (no history yet) and epochs 1.. (``bulk_split``)."""
+
+
+def bulk_split(mode: dict, base: dict) -> dict:
+    return {k: _ratio(mode[s], base[s]) for k, s in BULK_SPLIT_KEYS}
 
 
 # ---------------------------------------------------------------------- DAS stats
@@ -326,6 +337,7 @@ def pool(reports: list[dict], names: list[str], baseline: str = "nospec", tail_r
         base = modes[baseline]
         for m in order:
             modes[m]["ratio"] = ratios(modes[m], base)
+            modes[m]["bulk_split"] = bulk_split(modes[m], base)
             modes[m]["ratio_no_runaway"] = _no_runaway_ratio([modes[m]["epochs"]], [base["epochs"]])
         calls.append({"file": name, "seed": rep["args"].get("seed"), "order": order,
                       "baseline_first": order[0] == baseline, "modes": modes})
@@ -345,7 +357,7 @@ def pool(reports: list[dict], names: list[str], baseline: str = "nospec", tail_r
         raw = [_raw_epochs(rep, m) for rep in reports]
         per_rows = [c["modes"][m]["epochs"] for c in calls]
         pooled[m] = {
-            "calls": len(calls), **t, "ratio": ratios(t, base_t),
+            "calls": len(calls), **t, "ratio": ratios(t, base_t), "bulk_split": bulk_split(t, base_t),
             "mean_call_ratio": {k: _mean([r[k] for r in per_call]) for k, _ in RATIO_KEYS},
             "per_call_ratio": {k: [r[k] for r in per_call] for k, _ in RATIO_KEYS},
             "ratio_no_runaway": _no_runaway_ratio(per_rows, [c["modes"][baseline]["epochs"] for c in calls]),
@@ -438,6 +450,22 @@ def markdown(res: dict) -> str:
                          f"{' / '.join(_s(e['seconds'], 2) for e in d['epochs'])} | {_s(d['all_s'])} | "
                          f"{_s(d['bulk_s'])} | {_s(d['tail_s'])} | "
                          f"{' / '.join(_x(r[k]) for k, _ in RATIO_KEYS)} | {d['runaways']} |")
+    lines += ["", f"Bulk seconds by epoch (epoch 0 has no history), vs {b} in the same call:", "",
+              "| call | mode | bulk s, e0 | bulk s, e1+ | vs base: bulk e0 / e1+ |", "|---|---|---|---|---|"]
+    for i, c in enumerate(res["calls"]):
+        for m in c["order"]:
+            if m == b:
+                continue
+            d, base = c["modes"][m], c["modes"][b]
+            r = d["bulk_split"]
+            lines.append(f"| {i} {Path(c['file']).name} | {m} | {_s(d['bulk_e0_s'], 2)} vs {_s(base['bulk_e0_s'], 2)} | "
+                         f"{_s(d['bulk_e1plus_s'], 2)} vs {_s(base['bulk_e1plus_s'], 2)} | "
+                         f"{_x(r['bulk_e0'])} / {_x(r['bulk_e1plus'])} |")
+    for m in res["modes"]:
+        if m != b:
+            r = res["pooled"][m]["bulk_split"]
+            lines.append(f"| pooled | {m} | {_s(res['pooled'][m]['bulk_e0_s'], 2)} | {_s(res['pooled'][m]['bulk_e1plus_s'], 2)} | "
+                         f"{_x(r['bulk_e0'])} / {_x(r['bulk_e1plus'])} |")
     das_modes = [m for m in res["modes"] if res["pooled"][m]["das"]]
     if das_modes:
         buckets = list(dict.fromkeys(b for m in das_modes for b in res["pooled"][m]["das"]["acceptance"]["by_bucket"]))
