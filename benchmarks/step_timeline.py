@@ -110,6 +110,10 @@ def _bucket(n: int) -> str:
     return f">{BATCH_EDGES[-1]}"
 
 
+BUCKETS = tuple(_bucket(e) for e in BATCH_EDGES) + (_bucket(BATCH_EDGES[-1] + 1),)
+"""Bucket names in order (``"1-8"`` ... ``">512"``)."""
+
+
 def _stats(ms: np.ndarray) -> dict[str, Any]:
     return {"steps": int(ms.size), "ms_mean": round(float(ms.mean()), 4), "ms_median": round(float(np.median(ms)), 4),
             "seconds": round(float(ms.sum()) / 1e3, 4)}
@@ -139,8 +143,7 @@ def summarize(rec: dict[str, Sequence[float]]) -> dict[str, Any]:
         if sel.any():
             out["by_kind"][k] = _stats(ms[sel])
     buckets = np.array([_bucket(x) for x in n.tolist()])
-    order = [_bucket(e) for e in BATCH_EDGES] + [_bucket(BATCH_EDGES[-1] + 1)]
-    for b in order:
+    for b in BUCKETS:
         for k in KINDS:
             sel = (buckets == b) & (kinds == k)
             if sel.any():
@@ -164,8 +167,7 @@ def merge(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys: list[tuple[str, str]] = []
     for s in summaries:
         keys += [(r["bucket"], r["kind"]) for r in s.get("by_batch", []) if (r["bucket"], r["kind"]) not in keys]
-    order = {b: i for i, b in enumerate([_bucket(e) for e in BATCH_EDGES] + [_bucket(BATCH_EDGES[-1] + 1)])}
-    for b, k in sorted(keys, key=lambda x: (order[x[0]], KINDS.index(x[1]))):
+    for b, k in sorted(keys, key=lambda x: (BUCKETS.index(x[0]), KINDS.index(x[1]))):
         rows = [r for s in summaries for r in s.get("by_batch", []) if (r["bucket"], r["kind"]) == (b, k)]
         steps, secs = sum(r["steps"] for r in rows), sum(r["seconds"] for r in rows)
         out["by_batch"].append({"bucket": b, "kind": k, "steps": steps, "ms_mean": round(secs / steps * 1e3, 4),
