@@ -142,16 +142,12 @@ def mode_times(rows: list[dict]) -> dict:
 RATIO_KEYS = (("all", "all_s"), ("e0", "e0_s"), ("e1plus", "e1plus_s"), ("bulk", "bulk_s"), ("tail", "tail_s"))
 
 
-def ratios(mode: dict, base: dict) -> dict:
-    return {k: _ratio(mode[s], base[s]) for k, s in RATIO_KEYS}
-
-
 BULK_SPLIT_KEYS = (("bulk_e0", "bulk_e0_s"), ("bulk_e1plus", "bulk_e1plus_s"))
 """The bulk ratio split into epoch 0 (no history yet) and epochs 1.. (``bulk_split``)."""
 
 
-def bulk_split(mode: dict, base: dict) -> dict:
-    return {k: _ratio(mode[s], base[s]) for k, s in BULK_SPLIT_KEYS}
+def ratios(mode: dict, base: dict, keys: tuple = RATIO_KEYS) -> dict:
+    return {k: _ratio(mode[s], base[s]) for k, s in keys}
 
 
 # ---------------------------------------------------------------------- DAS stats
@@ -337,7 +333,7 @@ def pool(reports: list[dict], names: list[str], baseline: str = "nospec", tail_r
         base = modes[baseline]
         for m in order:
             modes[m]["ratio"] = ratios(modes[m], base)
-            modes[m]["bulk_split"] = bulk_split(modes[m], base)
+            modes[m]["bulk_split"] = ratios(modes[m], base, BULK_SPLIT_KEYS)
             modes[m]["ratio_no_runaway"] = _no_runaway_ratio([modes[m]["epochs"]], [base["epochs"]])
         calls.append({"file": name, "seed": rep["args"].get("seed"), "order": order,
                       "baseline_first": order[0] == baseline, "modes": modes})
@@ -357,7 +353,7 @@ def pool(reports: list[dict], names: list[str], baseline: str = "nospec", tail_r
         raw = [_raw_epochs(rep, m) for rep in reports]
         per_rows = [c["modes"][m]["epochs"] for c in calls]
         pooled[m] = {
-            "calls": len(calls), **t, "ratio": ratios(t, base_t), "bulk_split": bulk_split(t, base_t),
+            "calls": len(calls), **t, "ratio": ratios(t, base_t), "bulk_split": ratios(t, base_t, BULK_SPLIT_KEYS),
             "mean_call_ratio": {k: _mean([r[k] for r in per_call]) for k, _ in RATIO_KEYS},
             "per_call_ratio": {k: [r[k] for r in per_call] for k, _ in RATIO_KEYS},
             "ratio_no_runaway": _no_runaway_ratio(per_rows, [c["modes"][baseline]["epochs"] for c in calls]),
