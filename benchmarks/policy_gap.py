@@ -32,11 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay as replay_module  # noqa: E402
-from policy_replay import das_config  # noqa: E402
+from policy_replay import das_config, oracle_speculator  # noqa: E402
 from replay import CostModel, read_trace, replay  # noqa: E402
 
 from openrlhf_das.config import DASConfig, LengthClass  # noqa: E402
-from openrlhf_das.policy import tail_floor  # noqa: E402
 from openrlhf_das.speculator import DASSpeculator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,19 +85,7 @@ def run_policy(task: tuple) -> tuple[str, dict[str, Any]]:
     cls: type = Recording
     if name == "das/oracle":
         cfg = das_config(base, k_max, tuning=False)
-        final = {f"{s_}/{s.problem_id}/{s.sample_index}": s.response.size for s_, v in steps.items() for s in v}
-        long_at = cfg.promotion.long_fraction * cfg.max_new_tokens
-
-        floor = (LengthClass.SHORT, LengthClass.MEDIUM, LengthClass.LONG)[tail_floor(cfg)]
-
-        class Oracle(Recording):  # as policy_replay.py's: the tail rule still applies
-            def class_of(self, req, num_running=None):  # noqa: ANN001
-                if final[req.request_id] > long_at:
-                    return LengthClass.LONG
-                tail = num_running is not None and num_running <= self.config.promotion.tail_running
-                return floor if tail else LengthClass.SHORT
-
-        cls, policy = Oracle, "das+all"
+        cls, policy = oracle_speculator(Recording, cfg, steps), "das+all"
     elif name == "das":
         cfg, policy = das_config(base, k_max, tuning=base.tuning.mode == "aimd"), "das+all"
     else:

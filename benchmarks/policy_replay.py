@@ -54,7 +54,7 @@ import replay as replay_module  # noqa: E402
 from replay import CostModel, _cpu_model, read_trace, replay  # noqa: E402
 
 from openrlhf_das.config import DASConfig, LengthClass  # noqa: E402
-from openrlhf_das.policy import tail_floor  # noqa: E402
+from openrlhf_das.policy import is_tail_step, tail_floor  # noqa: E402
 from openrlhf_das.speculator import DASSpeculator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,23 @@ def per_epoch(res, extra_costs: tuple[CostModel, ...] = ()) -> dict[str, Any]:
     }
 
 
+def oracle_speculator(base_cls: type, cfg: DASConfig, steps: dict) -> type:
+    """``base_cls`` (a DASSpeculator) whose ``class_of`` knows each request's final length in
+    ``steps`` (a trace's): long past ``promotion.long_fraction`` of the limit, else short, lifted
+    to the lowest drafting class in tail steps (the tail rule still applies)."""
+    final = {f"{step}/{s.problem_id}/{s.sample_index}": s.response.size for step, v in steps.items() for s in v}
+    long_at = cfg.promotion.long_fraction * cfg.max_new_tokens
+    floor = (LengthClass.SHORT, LengthClass.MEDIUM, LengthClass.LONG)[tail_floor(cfg)]
+
+    class Oracle(base_cls):  # type: ignore[misc, valid-type]
+        def class_of(self, req, num_running=None):  # noqa: ANN001
+            if final[req.request_id] > long_at:
+                return LengthClass.LONG
+            return floor if is_tail_step(self.config, num_running) else LengthClass.SHORT
+
+    return Oracle
+
+
 def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
     """One policy of one ``k_max`` (a process-pool task): (name, per-epoch results)."""
     name, steps, base, k_max, cost, extra_costs = task
@@ -118,19 +135,7 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
         out = epochs(sim(steps, [], base, cost, extra={name: spec})[name])
     elif name == "das/oracle":
         cfg = das_config(base, k_max, tuning=False)
-        final = {f"{step}/{s.problem_id}/{s.sample_index}": s.response.size for step, v in steps.items() for s in v}
-        long_at = cfg.promotion.long_fraction * cfg.max_new_tokens
-
-        floor = (LengthClass.SHORT, LengthClass.MEDIUM, LengthClass.LONG)[tail_floor(cfg)]
-
-        class Oracle(DASSpeculator):
-            def class_of(self, req, num_running=None):
-                if final[req.request_id] > long_at:
-                    return LengthClass.LONG
-                tail = num_running is not None and num_running <= self.config.promotion.tail_running
-                return floor if tail else LengthClass.SHORT  # the tail rule still applies
-
-        replay_module.DASSpeculator = Oracle
+        replay_module.DASSpeculator = oracle_speculator(DASSpeculator, cfg, steps)
         try:
             out = epochs(sim(steps, ["das+all"], cfg, cost)["das+all"])
         finally:

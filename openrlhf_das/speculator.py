@@ -35,6 +35,7 @@ from .policy import (
     RequestTuner,
     apply_quota,
     assign_length_classes,
+    is_tail_step,
     problem_threshold,
     promoted_rank,
     run_thresholds,
@@ -187,7 +188,7 @@ class DASSpeculator:
         c = self.config
         base = req.length_class or self.classes.get(req.problem_id or "", c.unknown_class)
         medium_at, long_at = run_thresholds(c, req.max_new_tokens)
-        tail = num_running is not None and num_running <= c.promotion.tail_running
+        tail = is_tail_step(c, num_running)
         rank = promoted_rank(
             base.rank, req.generated, medium_at, long_at,
             self.problem_promote_at.get(req.problem_id or "", NO_THRESHOLD),
@@ -243,7 +244,7 @@ class DASSpeculator:
         elif c.length_policy:
             budgets = [self.budget_of(k, r.generated) for k, r in zip(classes, batch)]
             if self.request_tuner.enabled:
-                tail = running <= c.promotion.tail_running
+                tail = is_tail_step(c, running)
                 budgets = [self.request_tuner.budget(r.request_id, b, tail, k)
                            for r, b, k in zip(batch, budgets, classes)]
         else:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openrlhf_das.config import DASConfig, LengthClass
-from openrlhf_das.policy import problem_threshold, promoted_rank, run_thresholds, tail_floor
+from openrlhf_das.policy import is_tail_step, problem_threshold, promoted_rank, run_thresholds, tail_floor
 from openrlhf_das.speculator import DASSpeculator, StepRequest
 from test_speculator import prompt, request, response, snapshot
 
@@ -99,3 +99,11 @@ def test_tail_floor_is_the_lowest_class_with_a_budget(budgets: tuple[int, int, i
     for cls in LengthClass:
         req = StepRequest("r", np.zeros(3, np.int32), 3, None, cls)
         assert c.budgets.of(spec.class_of(req, num_running=1)).tokens > 0
+
+
+def test_tail_step_rule():
+    c = DASConfig.from_dict({"promotion": {"tail_running": 32}})
+    assert is_tail_step(c, 32) and is_tail_step(c, 1) and not is_tail_step(c, 33)
+    assert not is_tail_step(c, None)  # unknown running count: no tail rule
+    off = DASConfig.from_dict({"promotion": {"tail_running": 0}})
+    assert not is_tail_step(off, 1)

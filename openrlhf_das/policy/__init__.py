@@ -6,7 +6,7 @@ Imports only the core (``openrlhf_das.config`` and ``openrlhf_das.drafter``).
 from .acceptance import AcceptanceTracker, Counts, bucket_labels
 from .gate import CostModelGate, CostTable, MaxRunningGate
 from .length_classes import assign_length_classes, promote
-from .promotion import problem_threshold, promoted_rank, run_thresholds, tail_floor
+from .promotion import is_tail_step, problem_threshold, promoted_rank, run_thresholds, tail_floor
 from .quota import apply_quota
 from .tuning import BudgetTuner, RequestTuner
 
@@ -21,6 +21,7 @@ __all__ = [
     "apply_quota",
     "assign_length_classes",
     "bucket_labels",
+    "is_tail_step",
     "problem_threshold",
     "promote",
     "promoted_rank",

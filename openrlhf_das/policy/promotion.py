@@ -49,6 +49,12 @@ def problem_threshold(past_lengths: Sequence[int], quantile: float | None) -> fl
     return float(np.quantile(np.asarray(past_lengths, dtype=np.float64), quantile))
 
 
+def is_tail_step(config: DASConfig, num_running: int | None) -> bool:
+    """Whether a step of ``num_running`` running requests is a tail step (at most
+    ``promotion.tail_running``; 0 = never); None (unknown) is not."""
+    return num_running is not None and num_running <= config.promotion.tail_running
+
+
 def tail_floor(config: DASConfig) -> int:
     """Lowest class rank whose budget is not 0 (2 when every class budget is 0)."""
     b = config.budgets

@@ -56,7 +56,8 @@ import torch
 from ...config import LengthClass
 from ...drafter import HistorySnapshot
 from ...policy.acceptance import Counts
-from ...policy.promotion import NO_THRESHOLD, problem_threshold, promoted_rank, run_thresholds, tail_floor
+from ...policy.promotion import (NO_THRESHOLD, is_tail_step, problem_threshold, promoted_rank, run_thresholds,
+                                tail_floor)
 from .async_proposer import DASAsyncProposer
 
 logger = logging.getLogger(__name__)
@@ -432,7 +433,7 @@ class DASDeviceProposer(DASAsyncProposer):
         host_len = np.asarray(self.runner.input_batch.num_tokens_no_spec[:n], dtype=np.int64)
         gen = host_len - self._row_prompt + self._row_offset
         # the length policy of DASSpeculator.class_of (policy/promotion.py), vectorized over rows
-        floor = tail_floor(c) if n <= c.promotion.tail_running else 0
+        floor = tail_floor(c) if is_tail_step(c, n) else 0
         cls = np.asarray(promoted_rank(self._row_base_class, gen, self._row_medium_at, self._row_long_at,
                                        self._row_problem_at, floor), dtype=np.int64)
         if self.pads and c.fill_padded_drafts:
