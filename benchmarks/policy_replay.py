@@ -26,7 +26,9 @@ under
 The run's limit (``max_new_tokens``) is ``--max-new-tokens``, else the trace header's, else the
 longest response of the trace. The batch gate is off in every policy (the linear cost model has
 no compute-bound regime for it to avoid; the GPU runs decide the gate), unless ``--gate`` keeps
-the config's. Targets, per epoch >= 1 (epoch 0 has no history): ``das`` <= 0.90 x best flat and
+the config's for the DAS policies; the flat budgets are then replayed twice, without the gate
+(``best flat``, the issue's baseline) and behind it (``flat/<t>x<f>+gate``: ``best gated flat``,
+what the gate alone gives). Targets, per epoch >= 1 (epoch 0 has no history): ``das`` <= 0.90 x best flat and
 <= 0.70 x none; ``das/aimd`` vs ``das/static`` (tuning: >= 5 % lower somewhere, never > 1 % higher).
 ``--extra-cost BASE:PER_TOKEN[:DRAFT_STEP]`` (ms, repeatable) prices the same simulation under
 more cost models (drafting decisions do not depend on the cost model), e.g. one with a fixed
@@ -125,8 +127,9 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
     if name == "none":
         out = epochs(sim(steps, ["none"], base, cost)["none"])
     elif name.startswith("flat/"):
-        t, f = name.split("/")[1].split("x")
-        out = epochs(sim(steps, ["flat+all"], base, cost, flat_tokens=int(t), flat_factor=float(f))["flat+all"])
+        t, f = name.split("/")[1].removesuffix("+gate").split("x")
+        policy = "flat+all+gate" if name.endswith("+gate") else "flat+all"
+        out = epochs(sim(steps, [policy], base, cost, flat_tokens=int(t), flat_factor=float(f))[policy])
     elif name.startswith("union/"):
         cfg = base.with_overrides({"pattern_tokens": None})
         out = epochs(sim(steps, ["flat+all"], cfg, cost, flat_tokens=k_max, flat_factor=1.0)["flat+all"])
@@ -152,15 +155,19 @@ def run_one(task: tuple) -> tuple[str, dict[str, Any]]:
     return name, out
 
 
-def policy_names(k_max: int, arctic: bool) -> list[str]:
+def policy_names(k_max: int, arctic: bool, gate: bool = False) -> list[str]:
+    """Policies of one ``k_max``; ``gate``: the flat budgets also behind the config's batch gate
+    (``flat/<t>x<f>+gate``: what the gate alone gives, without length classes)."""
     flats = [f"flat/{t}x{f}" for t in (4, 8, 16) if t <= k_max for f in (1, 2)]
+    flats += [f"{n}+gate" for n in flats] if gate else []
     return ["none", *flats, "das/static", "das/aimd", "das/request", "das/oracle", *([f"union/{k_max}x1", *(f"arctic/{s}" for s in SCOPES)] if arctic else [])]
 
 
 def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, jobs: int = 1,
           extra_costs: tuple[CostModel, ...] = ()) -> dict[str, Any]:
     t0 = time.perf_counter()
-    tasks = [(n, steps, base, k_max, cost, extra_costs) for n in policy_names(k_max, arctic)]
+    gate = base.gate.mode != "off"
+    tasks = [(n, steps, base, k_max, cost, extra_costs) for n in policy_names(k_max, arctic, gate)]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             done = dict(pool.map(run_one, tasks))
@@ -181,11 +188,15 @@ def priced(pol: dict[str, Any], label: str) -> dict[str, Any]:
 
 
 def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
-    """Issue 21's targets per epoch >= 1 (ratios of simulated makespans)."""
-    flats = [k for k in pol if k.startswith("flat/")]
+    """Issue 21's targets per epoch >= 1 (ratios of simulated makespans). ``best_flat`` is the
+    best flat budget without a gate (the issue's baseline); with gated flat rows,
+    ``das_vs_best_gated_flat`` tells what the length classes add to the gate."""
+    flats = [k for k in pol if k.startswith("flat/") and not k.endswith("+gate")]
+    gated = [k for k in pol if k.startswith("flat/") and k.endswith("+gate")]
     out: dict[str, Any] = {"epochs": []}
     for e in range(1, n_epochs):
         best = min(flats, key=lambda k: pol[k]["makespan_s"][e])
+        best_gated = min(gated, key=lambda k: pol[k]["makespan_s"][e]) if gated else None
         das, static, aimd, none = (pol[k]["makespan_s"][e] for k in ("das", "das/static", "das/aimd", "none"))
         out["epochs"].append({
             "epoch": e,
@@ -198,6 +209,8 @@ def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
             if "das/request" in pol else None,
             "oracle_vs_best_flat": pol["das/oracle"]["makespan_s"][e] / pol[best]["makespan_s"][e]
             if "das/oracle" in pol else None,
+            **({"best_gated_flat": best_gated,
+                "das_vs_best_gated_flat": das / pol[best_gated]["makespan_s"][e]} if best_gated else {}),
         })
     ep = out["epochs"]
     out["das_vs_best_flat_met"] = all(x["das_vs_best_flat"] <= DAS_BOUND_FLAT for x in ep)
@@ -230,7 +243,8 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(ks), figsize=(7 * len(ks), 4.8), squeeze=False)
     for ax, k in zip(axes[0], ks):
         pol = rep["k_max"][k]["policies"]
-        names = [n for n in pol if not n.startswith(("arctic/", "union/")) and "same_as" not in pol[n]]
+        names = [n for n in pol if not n.startswith(("arctic/", "union/")) and "same_as" not in pol[n]
+                 and not n.endswith("+gate")]
         epochs = range(1, len(pol["none"]["makespan_s"]))
         width = 0.8 / len(names)
         for i, n in enumerate(names):
@@ -266,8 +280,10 @@ def _markdown_table(by_k: dict[str, Any], label: str | None) -> str:
     rep = {"k_max": {k: {"policies": r["policies"] if label is None else priced(r["policies"], label),
                          "targets": r["targets"] if label is None else r["targets_by_cost"][label]}
                      for k, r in by_k.items()}}
+    gated = any("best_gated_flat" in t for r in rep["k_max"].values() for t in r["targets"]["epochs"])
     lines = ["| k_max | epoch | none (s) | best flat | best flat / none | das / none | das / best flat | "
-             "das/aimd / das/static | das/request / best flat | oracle / best flat |", "|" + "---|" * 10]
+             "das/aimd / das/static | das/request / best flat | oracle / best flat |"
+             + (" best gated flat | das / best gated flat |" if gated else ""), "|" + "---|" * (12 if gated else 10)]
     for k, r in rep["k_max"].items():
         pol = r["policies"]
         for t in r["targets"]["epochs"]:
@@ -278,7 +294,8 @@ def _markdown_table(by_k: dict[str, Any], label: str | None) -> str:
             lines.append(f"| {k} | {e} | {none:.2f} | {t['best_flat']} | {ratio[t['best_flat']]:.3f} | "
                          f"{ratio['das']:.3f} | {t['das_vs_best_flat']:.3f} | "
                          f"{t['aimd_vs_static']:.3f} | {'' if req is None else f'{req:.3f}'} | "
-                         f"{'' if oracle is None else f'{oracle:.3f}'} |")
+                         f"{'' if oracle is None else f'{oracle:.3f}'} |"
+                         + (f" {t['best_gated_flat']} | {t['das_vs_best_gated_flat']:.3f} |" if gated else ""))
     for k, r in rep["k_max"].items():
         t = r["targets"]
         if label is None and "union_tokens_per_verify_step" in t:

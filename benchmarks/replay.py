@@ -34,6 +34,7 @@ policy             request  problem  global  siblings  budgets
 ``das+siblings``   x        x                x         length classes + gate
 ``das+all``        x        x        x       x         length classes + gate (engine default)
 ``flat+all``       x        x        x       x         flat (``das+all`` without the policy)
+``flat+all+gate``  x        x        x       x         flat + gate (``das+all`` without classes)
 =================  =======  =======  ======  ========  ======================
 
 ``DASConfig.shared_own_text`` of the base config applies to every policy (it changes what the
@@ -85,6 +86,7 @@ _FLAGS: dict[str, tuple[tuple[bool, bool, bool, bool], bool] | None] = {
     "das+siblings": ((True, True, False, True), True),
     "das+all": ((True, True, True, True), True),  # the engine's default sources
     "flat+all": ((True, True, True, True), False),  # the same sources with a flat budget
+    "flat+all+gate": ((True, True, True, True), False),  # flat+all behind the config's batch gate
 }
 POLICIES = tuple(_FLAGS)
 
@@ -99,7 +101,8 @@ def policy_config(policy: str, base: DASConfig, flat_tokens: int, flat_factor: f
     overrides["length_policy"] = length_policy
     if not length_policy:  # stock-like: flat budget, no gate, the best-scoring tree wins
         overrides["flat_budget"] = {"tokens": flat_tokens, "factor": flat_factor}
-        overrides["gate.mode"] = "off"
+        if not policy.endswith("+gate"):
+            overrides["gate.mode"] = "off"
         overrides["global_fallback"] = False
     return base.with_overrides(overrides)
 

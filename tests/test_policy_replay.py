@@ -112,3 +112,29 @@ def test_policy_gap_split_prices_the_replayed_makespan(tmp_path: Path) -> None:
             unseen = step["accepted"] - sum(r["accepted"] for r in reqs.values())
             assert 0 <= unseen <= 4 * len(reqs)
             assert price(eng, gpu)["q"] <= step["tokens"] + step["drafted"] - step["accepted"] + len(reqs)
+
+
+def test_gated_flat_rows(tmp_path: Path) -> None:
+    """With the config's gate kept (``--gate``), the flat budgets are replayed without the gate
+    (the issue's baseline, ``best_flat``) and behind it (``flat/<t>x<f>+gate``): a gated flat
+    request drafts only in steps of at most ``gate.max_running`` running requests."""
+    path = tmp_path / "tiny.jsonl"
+    write_trace(path, TINY, seed=3)
+    _, steps = read_trace(path)
+    base = DASConfig.from_yaml(ROOT / "configs" / "das" / "math.yaml").with_overrides(
+        {"max_new_tokens": 240, "gate.max_running": 8})  # 16 requests a step: gated until 8 run
+    rep = run_k(steps, base, 4, CostModel(), arctic=False)
+    pol, t = rep["policies"], rep["targets"]
+    assert [n for n in pol if n.startswith("flat/")] == ["flat/4x1", "flat/4x2", "flat/4x1+gate", "flat/4x2+gate"]
+    for n in ("flat/4x1", "flat/4x2"):
+        gated, free = pol[f"{n}+gate"], pol[n]
+        assert gated["speculator"]["gated_steps"] > 0 == free["speculator"]["gated_steps"]
+        assert sum(gated["drafted"]) < sum(free["drafted"])
+        assert gated["tokens"] == free["tokens"]
+    for x in t["epochs"]:
+        e = x["epoch"]
+        assert x["best_flat"] in ("flat/4x1", "flat/4x2")  # the baseline stays ungated
+        assert x["best_gated_flat"].endswith("+gate")
+        assert x["das_vs_best_gated_flat"] == pytest.approx(
+            pol["das"]["makespan_s"][e] / pol[x["best_gated_flat"]]["makespan_s"][e])
+    assert "das / best gated flat" in markdown({"k_max": {"4": json.loads(json.dumps(rep))}})
