@@ -176,9 +176,27 @@ def run_k(steps, base: DASConfig, k_max: int, cost: CostModel, arctic: bool, job
     policies = {t[0]: done[t[0]] for t in tasks}
     policies["das"] = dict(policies["das/aimd" if base.tuning.mode == "aimd" else "das/static"])
     policies["das"]["same_as"] = "das/aimd" if base.tuning.mode == "aimd" else "das/static"
-    out = {"policies": policies, "wall_s": time.perf_counter() - t0, "targets": targets(policies, len(steps))}
+    gate_at = base.gate.max_running if base.gate.mode == "max_running" else None
+    bulk = functools.partial(bulk_seconds, steps, gate_at)
+    out = {"policies": policies, "wall_s": time.perf_counter() - t0,
+           "targets": targets(policies, len(steps), bulk(cost) if gate_at else None)}
     if extra_costs:
-        out["targets_by_cost"] = {cost_label(m): targets(priced(policies, cost_label(m)), len(steps)) for m in extra_costs}
+        out["targets_by_cost"] = {cost_label(m): targets(priced(policies, cost_label(m)), len(steps),
+                                                         bulk(m) if gate_at else None) for m in extra_costs}
+    return out
+
+
+def bulk_seconds(steps: dict, max_running: int, cost: CostModel) -> list[float]:
+    """Per epoch: seconds of ``none``'s engine steps with more than ``max_running`` requests
+    running (the bulk), under ``cost``. A policy behind a ``max_running`` gate drafts nothing
+    there, so its bulk steps are exactly these: its makespan minus this is its tail."""
+    out = []
+    for v in steps.values():
+        lengths = np.sort(np.fromiter((s.response.size for s in v), np.int64))
+        # step i runs the requests longer than i tokens
+        running = len(lengths) - np.searchsorted(lengths, np.arange(lengths[-1]), side="right")
+        bulk = running[running > max_running]
+        out.append(float(len(bulk) * cost.base_s + cost.per_token_s * bulk.sum()))
     return out
 
 
@@ -187,10 +205,13 @@ def priced(pol: dict[str, Any], label: str) -> dict[str, Any]:
     return {n: {**p, "makespan_s": p["makespan_s_by_cost"][label]} for n, p in pol.items()}
 
 
-def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
+def targets(pol: dict[str, Any], n_epochs: int, bulk: list[float] | None = None) -> dict[str, Any]:
     """Issue 21's targets per epoch >= 1 (ratios of simulated makespans). ``best_flat`` is the
     best flat budget without a gate (the issue's baseline); with gated flat rows,
-    ``das_vs_best_gated_flat`` tells what the length classes add to the gate."""
+    ``das_vs_best_gated_flat`` tells what the length classes add to the gate. ``bulk``
+    (:func:`bulk_seconds`, behind a ``max_running`` gate): ``bulk_share`` of ``none``'s makespan,
+    ``das_tail_vs_none_tail`` and the tail ratio that ``das`` <= 0.70 x none needs
+    (``tail_needed_for_none_target``: (0.70 - share) / (1 - share))."""
     flats = [k for k in pol if k.startswith("flat/") and not k.endswith("+gate")]
     gated = [k for k in pol if k.startswith("flat/") and k.endswith("+gate")]
     out: dict[str, Any] = {"epochs": []}
@@ -211,6 +232,9 @@ def targets(pol: dict[str, Any], n_epochs: int) -> dict[str, Any]:
             if "das/oracle" in pol else None,
             **({"best_gated_flat": best_gated,
                 "das_vs_best_gated_flat": das / pol[best_gated]["makespan_s"][e]} if best_gated else {}),
+            **({"bulk_share": bulk[e] / none,
+                "das_tail_vs_none_tail": (das - bulk[e]) / (none - bulk[e]),
+                "tail_needed_for_none_target": (DAS_BOUND_NONE * none - bulk[e]) / (none - bulk[e])} if bulk else {}),
         })
     ep = out["epochs"]
     out["das_vs_best_flat_met"] = all(x["das_vs_best_flat"] <= DAS_BOUND_FLAT for x in ep)
@@ -281,9 +305,12 @@ def _markdown_table(by_k: dict[str, Any], label: str | None) -> str:
                          "targets": r["targets"] if label is None else r["targets_by_cost"][label]}
                      for k, r in by_k.items()}}
     gated = any("best_gated_flat" in t for r in rep["k_max"].values() for t in r["targets"]["epochs"])
+    split = any("bulk_share" in t for r in rep["k_max"].values() for t in r["targets"]["epochs"])
     lines = ["| k_max | epoch | none (s) | best flat | best flat / none | das / none | das / best flat | "
              "das/aimd / das/static | das/request / best flat | oracle / best flat |"
-             + (" best gated flat | das / best gated flat |" if gated else ""), "|" + "---|" * (12 if gated else 10)]
+             + (" best gated flat | das / best gated flat |" if gated else "")
+             + (" bulk share of none | das tail / none tail | tail needed for 0.70 |" if split else ""),
+             "|" + "---|" * (10 + 2 * gated + 3 * split)]
     for k, r in rep["k_max"].items():
         pol = r["policies"]
         for t in r["targets"]["epochs"]:
@@ -295,7 +322,9 @@ def _markdown_table(by_k: dict[str, Any], label: str | None) -> str:
                          f"{ratio['das']:.3f} | {t['das_vs_best_flat']:.3f} | "
                          f"{t['aimd_vs_static']:.3f} | {'' if req is None else f'{req:.3f}'} | "
                          f"{'' if oracle is None else f'{oracle:.3f}'} |"
-                         + (f" {t['best_gated_flat']} | {t['das_vs_best_gated_flat']:.3f} |" if gated else ""))
+                         + (f" {t['best_gated_flat']} | {t['das_vs_best_gated_flat']:.3f} |" if gated else "")
+                         + (f" {t['bulk_share']:.3f} | {t['das_tail_vs_none_tail']:.3f} | "
+                            f"{t['tail_needed_for_none_target']:.3f} |" if split else ""))
     for k, r in rep["k_max"].items():
         t = r["targets"]
         if label is None and "union_tokens_per_verify_step" in t:

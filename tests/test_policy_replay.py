@@ -138,3 +138,33 @@ def test_gated_flat_rows(tmp_path: Path) -> None:
         assert x["das_vs_best_gated_flat"] == pytest.approx(
             pol["das"]["makespan_s"][e] / pol[x["best_gated_flat"]]["makespan_s"][e])
     assert "das / best gated flat" in markdown({"k_max": {"4": json.loads(json.dumps(rep))}})
+
+
+def test_bulk_seconds_is_none_makespan_split(tmp_path: Path) -> None:
+    """bulk_seconds: with every step counted as bulk it is ``none``'s replayed makespan (one
+    engine step per token, every running request one query token); behind a gate, a gated
+    policy's makespan minus it is its tail, so das's tail ratio is consistent with das / none."""
+    from policy_replay import bulk_seconds, targets
+
+    path = tmp_path / "tiny.jsonl"
+    write_trace(path, TINY, seed=3)
+    _, steps = read_trace(path)
+    gpu = CostModel.parse_ms("2.63:0.0145:2.4")
+    base = DASConfig.from_yaml(ROOT / "configs" / "das" / "math.yaml").with_overrides(
+        {"max_new_tokens": 240, "gate.max_running": 8})
+    rep = run_k(steps, base, 4, CostModel(), arctic=False, extra_costs=(gpu,))
+    pol = rep["policies"]
+    assert bulk_seconds(steps, -1, CostModel()) == pytest.approx(pol["none"]["makespan_s"])
+    label = "2.63+0.0145/token+2.4/drafting step ms"
+    assert bulk_seconds(steps, -1, gpu) == pytest.approx(pol["none"]["makespan_s_by_cost"][label])
+    bulk = bulk_seconds(steps, 8, CostModel())
+    assert all(0 < b < n for b, n in zip(bulk, pol["none"]["makespan_s"]))
+    t = targets(pol, 3, bulk)
+    for x in t["epochs"]:
+        e = x["epoch"]
+        share = bulk[e] / pol["none"]["makespan_s"][e]
+        assert x["bulk_share"] == pytest.approx(share)
+        assert x["das_vs_none"] == pytest.approx(share + (1 - share) * x["das_tail_vs_none_tail"])
+        assert share + (1 - share) * x["tail_needed_for_none_target"] == pytest.approx(0.70)
+    assert rep["targets"]["epochs"][0]["bulk_share"] == pytest.approx(t["epochs"][0]["bulk_share"])
+    assert "das tail / none tail" in markdown({"k_max": {"4": json.loads(json.dumps(rep))}})
