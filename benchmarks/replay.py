@@ -220,15 +220,39 @@ class PolicyResult:
     speculator: dict[str, Any] | None = None
 
 
+def parse_k_schedule(text: str) -> tuple[tuple[int, int], ...]:
+    """``"8:16,32:8,64:4"`` -> ((8, 16), (32, 8), (64, 4)): (most running requests, draft tokens
+    per request) ranges, ascending; steps with more running requests than the last range draft
+    nothing."""
+    try:
+        pairs = tuple((int(a), int(b)) for a, b in (x.split(":") for x in text.split(",")))
+    except ValueError as e:
+        raise ValueError(f"bad k schedule {text!r}: want MAX_RUNNING:K[,MAX_RUNNING:K...]") from e
+    if not pairs or any(n < 1 or k < 1 for n, k in pairs) or [n for n, _ in pairs] != sorted({n for n, _ in pairs}):
+        raise ValueError(f"bad k schedule {text!r}: ranges must be >= 1 and strictly ascending, k >= 1")
+    return pairs
+
+
+def schedule_k(schedule: Sequence[tuple[int, int]], running: int) -> int:
+    """Draft tokens per request in a step of ``running`` requests (0: the step drafts nothing)."""
+    return next((k for n, k in schedule if running <= n), 0)
+
+
 def simulate_step(
     spec: DASSpeculator | None, step: int, samples: list[Sample], cost: CostModel, edges: Sequence[int], counts: _Counts,
-    padded: bool = False, extra_costs: Sequence[CostModel] = (),
+    padded: bool = False, extra_costs: Sequence[CostModel] = (), k_schedule: Sequence[tuple[int, int]] = (),
 ) -> dict[str, Any]:
     """Run every sample of ``step`` to completion; returns the step's summary (seconds, tokens).
     ``padded``: a drafted engine step costs 1 + k query tokens per running request (see module doc).
     ``extra_costs``: more cost models priced on the same simulation (drafting decisions do not
-    depend on the cost model), their makespans in ``makespan_s_extra``."""
+    depend on the cost model), their makespans in ``makespan_s_extra``. ``k_schedule``
+    (:func:`parse_k_schedule`): the step's k follows the running requests (an engine whose
+    scheduler reserves that many draft slots per request: vLLM's ``dynamic_sd_lookup``): drafts
+    are cut to it, a padded step pads to it, and a step past the last range drafts nothing (on
+    top of the policy's own gate); at most the policy's largest budget."""
     pad_k = spec.config.max_budget if padded and spec is not None else 0
+    if spec is not None and k_schedule and max(k for _, k in k_schedule) > spec.config.max_budget:
+        raise ValueError(f"k schedule {k_schedule} exceeds the policy's largest budget {spec.config.max_budget}")
     running = [
         _Running(
             f"{step}/{s.problem_id}/{s.sample_index}",
@@ -248,13 +272,17 @@ def simulate_step(
     while running:
         n = len(running)
         drafts: list[list[int]] | None = None
+        step_k = schedule_k(k_schedule, n) if k_schedule else pad_k
+        step_pad = step_k if pad_k else 0  # a padded step pads to the step's k
         if spec is not None:
-            if spec.gate_allows(n):
+            if spec.gate_allows(n) and (step_k > 0 or not k_schedule):
                 batch = [
                     StepRequest(r.rid, r.full[: r.num_prompt + r.pos], r.num_prompt, r.problem_id, None, r.last)
                     for r in running
                 ]
-                drafts = spec.step(batch, num_running=n, padded_k=pad_k)
+                drafts = spec.step(batch, num_running=n, padded_k=step_pad)
+                if k_schedule:
+                    drafts = [d[:step_k] for d in drafts]
                 counts.drafter_request_steps += n
             else:
                 spec.observe_gated([r.rid for r in running], [range(r.last) for r in running])
@@ -283,8 +311,8 @@ def simulate_step(
                 if spec is not None:
                     spec.finish(r.rid, keep_as_sibling=True)
         drafted_step = drafts is not None and any(drafts)
-        if pad_k and drafted_step:
-            query = n * (1 + pad_k)
+        if step_pad and drafted_step:
+            query = n * (1 + step_pad)
         makespan += cost.step_seconds(query, drafted_step)
         for j, c in enumerate(extra_costs):
             extra[j] += c.step_seconds(query, drafted_step)
@@ -352,9 +380,10 @@ def replay(
     snapshot_scope: str = "batch",
     extra: dict[str, Any] | None = None,
     extra_costs: Sequence[CostModel] = (),
+    k_schedule: Sequence[tuple[int, int]] = (),
 ) -> dict[str, PolicyResult]:
     """Simulate every step under every policy; results keyed by policy (``padded``,
-    ``extra_costs``: see :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`;
+    ``extra_costs``, ``k_schedule``: see :func:`simulate_step`; ``snapshot_scope``: see :class:`HistoryFeed`;
     ``extra``: more speculator-like objects by name, run after ``policies``)."""
     edges = list(base.length_buckets)
     results: dict[str, PolicyResult] = {}
@@ -379,7 +408,7 @@ def replay(
         for p, spec in specs.items():
             res = results[p]
             t0 = time.perf_counter()
-            res.steps.append(simulate_step(spec, step, samples, cost, edges, res.counts, padded, extra_costs))
+            res.steps.append(simulate_step(spec, step, samples, cost, edges, res.counts, padded, extra_costs, k_schedule))
             res.wall_s += time.perf_counter() - t0
         feed.record(step, samples)
     for p, spec in specs.items():
@@ -517,6 +546,8 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     ap.add_argument("--padded", action="store_true",
                     help="model a padded engine on CUDA graphs: a drafted step verifies 1 + k tokens per request")
+    ap.add_argument("--k-schedule", type=parse_k_schedule, default=(), metavar="MAX_RUNNING:K[,...]",
+                    help="draft tokens per request by running requests, e.g. 8:16,32:8,64:4 (none past the last)")
     ap.add_argument("--das", action="append", default=[], metavar="KEY=VALUE", help="DAS config override (YAML value)")
     args = ap.parse_args()
 
@@ -529,9 +560,12 @@ def main() -> None:
     cost = CostModel(args.base_ms * 1e-3, args.per_token_ms * 1e-3, args.draft_step_ms * 1e-3)
     head, steps = read_trace(args.trace)
     t0 = time.perf_counter()
-    results = replay(steps, policies, base, cost, args.flat_tokens, args.flat_factor, args.padded)
+    results = replay(steps, policies, base, cost, args.flat_tokens, args.flat_factor, args.padded,
+                     k_schedule=args.k_schedule)
     rep = report(results, base.length_buckets, head, cost)
     rep["padded"] = args.padded
+    rep["k_schedule"] = [list(x) for x in args.k_schedule] or None
+    rep["command"] = " ".join(["python", *sys.argv])
     rep["wall_s"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(rep, indent=1))
     plot(rep, args.plot or str(Path(args.out).with_suffix(".png")))

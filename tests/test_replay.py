@@ -184,3 +184,35 @@ def test_snapshot_scope_all_ships_problems_outside_the_batch(tiny_steps: dict) -
         for scope in ("batch", "all")
     }
     assert acc["all"] > acc["batch"]
+
+
+def test_k_schedule_parsing() -> None:
+    from replay import parse_k_schedule, schedule_k  # noqa: PLC0415
+
+    sched = parse_k_schedule("8:16,32:8,64:4")
+    assert sched == ((8, 16), (32, 8), (64, 4))
+    assert [schedule_k(sched, n) for n in (1, 8, 9, 32, 33, 64, 65, 300)] == [16, 16, 8, 8, 4, 4, 0, 0]
+    for bad in ("", "8", "8:16,8:4", "32:8,8:16", "0:4", "8:0", "a:b"):
+        with pytest.raises(ValueError, match="k schedule"):
+            parse_k_schedule(bad)
+
+
+def test_k_schedule_sets_each_steps_k(tiny_steps: dict) -> None:
+    """A schedule covering every step with the policy's largest k is the padded replay itself;
+    a schedule that drafts only while few requests run drafts less, never past its k, and a k
+    above the policy's largest budget is refused."""
+    cost = CostModel()
+    base = DASConfig(shared_own_text=False).with_overrides({"gate.mode": "off"})  # long budget 4
+    k = base.max_budget
+    padded = replay(tiny_steps, ["das"], base, cost, padded=True)["das"]
+    whole = replay(tiny_steps, ["das"], base, cost, padded=True, k_schedule=((10_000, k),))["das"]
+    assert [s["makespan_s"] for s in whole.steps] == pytest.approx([s["makespan_s"] for s in padded.steps])
+    assert [s["accepted"] for s in whole.steps] == [s["accepted"] for s in padded.steps]
+    tail = replay(tiny_steps, ["das"], base, cost, padded=True, k_schedule=((2, 2), (4, 1)))["das"]
+    assert 0 < sum(s["drafted"] for s in tail.steps) < sum(s["drafted"] for s in padded.steps)
+    assert tail.counts.drafter_request_steps < padded.counts.drafter_request_steps
+    assert [s["tokens"] for s in tail.steps] == [s["tokens"] for s in padded.steps]
+    # at most 2 draft tokens per request in any step: drafted <= 2 x request-steps handed to the drafter
+    assert sum(s["drafted"] for s in tail.steps) <= 2 * tail.counts.drafter_request_steps
+    with pytest.raises(ValueError, match="largest budget"):
+        replay(tiny_steps, ["das"], base, cost, padded=True, k_schedule=((4, k + 1),))
