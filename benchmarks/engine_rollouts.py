@@ -5,7 +5,12 @@ ends when the last finishes — a synchronous RL step; no weight updates between
 history match is overstated: epoch 0 is reported separately). Each mode runs in a fresh
 engine in its own subprocess, on the same prompts:
 
-    nospec       vLLM defaults, no speculation                               (a)
+    nospec       no speculation, async scheduling, the call's graph and compile
+                 settings (the GPU scripts: V1 runner, ``mode: 0``, FULL_DECODE_ONLY)   (a)
+    nospec_defaults  no speculation with vLLM's own engine defaults, as a user's
+                 stock engine runs: the runner vLLM picks (V2 for dense models on
+                 vLLM 0.26), ``VLLM_COMPILE`` + FULL_AND_PIECEWISE graphs; the
+                 call's ``--compile-mode`` / ``--cudagraph-mode`` do not apply   (a0)
     nospec_sync  no speculation, V1 runner + synchronous scheduling,
                  i.e. the settings speculative decoding forces               (a')
     ngram        vLLM ``ngram`` (k tokens)                                   (b)
@@ -54,7 +59,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("nospec", "nospec_sync", "ngram", "suffix", "das_flat", "das", "das_async", "das_gpu", "ngram_gpu")
+MODES = ("nospec", "nospec_defaults", "nospec_sync", "ngram", "suffix", "das_flat", "das", "das_async", "das_gpu", "ngram_gpu")
 DAS_MODES = ("das_flat", "das", "das_async", "das_gpu")
 ASYNC_MODES = ("das_async", "das_gpu", "ngram_gpu")
 
@@ -146,6 +151,10 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
         kw.update(tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp")
     if args.device == "cpu":
         kw["enforce_eager"] = True
+    elif mode == "nospec_defaults":  # vLLM's own compilation and graph defaults
+        if args.max_cudagraph_capture_size:
+            kw["compilation_config"] = {"max_cudagraph_capture_size": args.max_cudagraph_capture_size}
+        kw["gpu_memory_utilization"] = args.gpu_memory_utilization
     else:
         cc: dict = {"mode": args.compile_mode, "cudagraph_mode": args.cudagraph_mode}
         if args.max_cudagraph_capture_size:
@@ -187,7 +196,9 @@ def run_child(args) -> None:
     parent = os.getppid()
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
-    if mode != "nospec":
+    if mode == "nospec_defaults":
+        os.environ.pop("VLLM_USE_V2_MODEL_RUNNER", None)  # vLLM picks (benchmarks/gpu/env.sh sets 0)
+    elif mode != "nospec":
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # spec decoding forces the V1 runner anyway
     from vllm import LLM, SamplingParams
 
@@ -424,7 +435,7 @@ def summarize(results: dict, greedy: bool = False) -> dict:
     for mode in results:
         row = {"all_epochs_s": secs(mode), "epoch0_s": secs(mode) and results[mode]["epochs"][0]["seconds"],
                "epochs1plus_s": secs(mode, 1)}
-        for base in ("nospec", "nospec_sync", "ngram", "suffix"):
+        for base in ("nospec", "nospec_defaults", "nospec_sync", "ngram", "suffix"):
             if base in results and secs(base) and secs(mode) and "epochs" in results[base]:
                 b0 = results[base]["epochs"][0]["seconds"]
                 row[f"ratio_vs_{base}"] = secs(mode) / secs(base)

@@ -98,3 +98,18 @@ def test_gpu_graphs_cover_every_running_request(mode, concurrency, extra, expect
     cc = er._engine_kwargs(args, mode, concurrency=concurrency)["compilation_config"]
     assert cc.get("max_cudagraph_capture_size") == expected
     assert cc["cudagraph_mode"] == "FULL_DECODE_ONLY"
+
+
+def test_nospec_defaults_keeps_vllms_own_engine_settings():
+    """(a0) ``nospec_defaults``: a stock engine as a user starts it (vLLM's compilation and graph
+    defaults, the runner vLLM picks), whatever the call's graph settings; (a) ``nospec`` takes the
+    call's settings. GPU kwargs only are built here (no engine starts)."""
+    er = _script()
+    args = er.parse_args(["--device", "cuda", "--compile-mode", "0", "--cudagraph-mode", "FULL_DECODE_ONLY"])
+    stock = er._engine_kwargs(args, "nospec_defaults", concurrency=256)
+    assert "compilation_config" not in stock and "enforce_eager" not in stock
+    assert "speculative_config" not in stock and "async_scheduling" not in stock
+    assert er._engine_kwargs(args, "nospec", concurrency=256)["compilation_config"]["mode"] == 0
+    sized = er.parse_args(["--device", "cuda", "--max-cudagraph-capture-size", "1024"])
+    assert er._engine_kwargs(sized, "nospec_defaults")["compilation_config"] == {"max_cudagraph_capture_size": 1024}
+    assert "nospec_defaults" in er.MODES

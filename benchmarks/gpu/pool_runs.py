@@ -77,7 +77,7 @@ IGNORED_ARGS = ("seed", "modes", "out", "png", "trace", "merge", "child", "shard
 """Arguments that may differ between pooled calls (not reported); every other differing argument
 outside the workload is printed as a note."""
 
-NOSPEC_MODES = ("nospec", "nospec_sync")
+NOSPEC_MODES = ("nospec", "nospec_defaults", "nospec_sync")
 
 
 def workload_args() -> tuple[str, ...]:
