@@ -152,3 +152,21 @@ def test_issue22_preset_and_its_commands_pass_the_cli_checks() -> None:
     # any knob still wins over the preset
     assert _flags(_command("das", PRESET="issue22", MAX_NEW="1024"))["--rollout.max_new_tokens"] == "1024"
     assert _dry_run("das", PRESET="nope").returncode == 2
+
+
+def test_stock_engine_defaults_gives_the_stock_arm_vllms_own_engine() -> None:
+    """STOCK_ENGINE=defaults (nodas only): no benchmark engine arguments (vLLM's compile and
+    graph defaults), the runner left to vLLM, its own arm folder; the OpenRLHF flags unchanged."""
+    default = {"OPENRLHF_DAS_VLLM_ENGINE_ARGS": ""}
+    assert _engine_args("nodas", STOCK_ENGINE="defaults", ASYNC="1", **default) == {}
+    assert _engine_args("nodas", STOCK_ENGINE="defaults", **default) == {"async_scheduling": False}
+    proc = _dry_run("nodas", STOCK_ENGINE="defaults", VLLM_USE_V2_MODEL_RUNNER="0", **default)
+    assert proc.returncode == 0 and "VLLM_USE_V2_MODEL_RUNNER=<unset: vLLM picks>" in proc.stdout
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in _dry_run("nodas", VLLM_USE_V2_MODEL_RUNNER="0", **default).stdout
+    stock, bench = _flags(_command("nodas", STOCK_ENGINE="defaults")), _flags(_command("nodas"))
+    assert stock["--ckpt.path"].endswith("/nodas_defaults/ckpt")
+    assert {k: v for k, v in stock.items() if "nodas" not in (v or "")} == \
+        {k: v for k, v in bench.items() if "nodas" not in (v or "")}
+    refused = _dry_run("das", STOCK_ENGINE="defaults")
+    assert refused.returncode == 2 and "nodas arm" in refused.stderr
+    assert _dry_run("nodas", STOCK_ENGINE="v2").returncode == 2

@@ -40,7 +40,12 @@
 # RESUME=1), micro-batches 1 (train) / 2 (rollout) for the 1.5B model's 2560-token samples next
 # to the engine. Its four calls per arm pair: `PRESET=issue22 bash grpo_compare.sh nodas`, then
 # `... das`, each repeated with RESUME=1 until its 54 steps are done; PARTIAL=1 for the second pair.
-# Knobs (env): PRESET ASYNC DRAFTER PARTIAL ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
+# Stock engine as users run it: STOCK_ENGINE=defaults (nodas arm only; arm folder nodas_defaults)
+# gives the stock arm vLLM's own engine settings instead of the benchmark's (V1 runner, mode 0,
+# FULL_DECODE_ONLY, the DAS arm's): the runner vLLM picks (V2 for dense models on 0.26, which
+# refuses ngram_gpu, so DAS cannot have it), VLLM_COMPILE and FULL_AND_PIECEWISE graphs (engine
+# start ~100 s; docs/gpu.md, call 1a of the next session).
+# Knobs (env): PRESET ASYNC DRAFTER PARTIAL STOCK_ENGINE ENGINES PROMPTS EPISODES ROLLOUT_BS N_SAMPLES MAX_NEW MAX_LEN SEED LR GPU_UTIL MICRO_TRAIN
 # MICRO_ROLLOUT SAVE_STEPS (10; -1 = no checkpoints) TIME_LIMIT (530 s: the driver gets SIGINT
 # then, so one device call of 600 s still copies the results) RESUME (1: continue from the last
 # checkpoint) DRY_RUN (print the command only) MODEL DATA GRPO_WORK (/tmp/grpo).
@@ -90,7 +95,11 @@ case "$ASYNC" in 0|1) ;; *) echo "ASYNC must be 0 or 1 (got '$ASYNC')" >&2; exit
 [ "$DRAFTER" = gpu ] && [ "$ASYNC" != 1 ] && { echo "DRAFTER=gpu needs ASYNC=1 (the device drafter runs under async scheduling)" >&2; exit 2; }
 PARTIAL=${PARTIAL:-0}
 case "$PARTIAL" in 0|1) ;; *) echo "PARTIAL must be 0 or 1 (got '$PARTIAL')" >&2; exit 2 ;; esac
-NAME=$ARM; [ "$PARTIAL" = 1 ] && NAME=${ARM}_partial   # work/result folder of this arm
+STOCK_ENGINE=${STOCK_ENGINE:-bench}
+case "$STOCK_ENGINE" in bench) ;; defaults) [ "$ARM" = nodas ] || { echo "STOCK_ENGINE=defaults is for the nodas arm (DAS needs the V1 runner)" >&2; exit 2; } ;;
+  *) echo "STOCK_ENGINE must be bench or defaults (got '$STOCK_ENGINE')" >&2; exit 2 ;; esac
+NAME=$ARM; [ "$STOCK_ENGINE" = defaults ] && NAME=${ARM}_defaults
+[ "$PARTIAL" = 1 ] && NAME=${NAME}_partial   # work/result folder of this arm
 WORK=${GRPO_WORK:-/tmp/grpo}/$NAME
 RES=${OUT:-$WORK/out}/grpo/$NAME
 SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
@@ -99,8 +108,13 @@ SPE=$(( (PROMPTS + ROLLOUT_BS - 1) / ROLLOUT_BS ))   # steps per episode
 # on PYTHONPATH applies them from interpreter start; the repo first so every process (driver, Ray
 # workers, vLLM engine processes) imports this checkout's openrlhf_das.
 export OPENRLHF_DAS_TORCH_ADAM=${OPENRLHF_DAS_TORCH_ADAM:-1}
-engine_args='{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'
-[ "$ASYNC" = 1 ] || engine_args+=', "async_scheduling": false'
+if [ "$STOCK_ENGINE" = defaults ]; then  # vLLM's own engine: the runner it picks, its compile and graphs
+  unset VLLM_USE_V2_MODEL_RUNNER
+  engine_args='{'; [ "$ASYNC" = 1 ] || engine_args+='"async_scheduling": false'
+else
+  engine_args='{"compilation_config": {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}'
+  [ "$ASYNC" = 1 ] || engine_args+=', "async_scheduling": false'
+fi
 export OPENRLHF_DAS_VLLM_ENGINE_ARGS=${OPENRLHF_DAS_VLLM_ENGINE_ARGS:-"$engine_args}"}
 export PYTHONPATH="$REPO:$PYTHONPATH:$REPO/benchmarks/gpu/gpu_compat_site"
 export RAY_DEDUP_LOGS=0 RAY_USAGE_STATS_ENABLED=0
@@ -149,6 +163,7 @@ fi
 cmd=("$PY" -m openrlhf_das.cli.train "${args[@]}")
 echo "[grpo] $NAME: $PROMPTS prompts x $EPISODES episodes / $ROLLOUT_BS per step = $((SPE * EPISODES)) steps, n=$N_SAMPLES, max_new=$MAX_NEW, engines=$ENGINES, drafter=$DRAFTER, partial=$PARTIAL, model=$MODEL"
 echo "[grpo] engine args: $OPENRLHF_DAS_VLLM_ENGINE_ARGS"
+echo "[grpo] VLLM_USE_V2_MODEL_RUNNER=${VLLM_USE_V2_MODEL_RUNNER-<unset: vLLM picks>}"
 echo "[grpo] ${cmd[*]}"
 [ -n "${DRY_RUN:-}" ] && exit 0
 
@@ -179,14 +194,19 @@ if [ -d "$WORK/ckpt/das" ]; then
     mkdir -p "$RES/das" && cp "$WORK/ckpt/das"/*.json* "$RES/das/" 2>/dev/null
 fi
 cp "$RES/steps.json" "$WORK/steps.json" 2>/dev/null
-SUFFIX=${NAME#"$ARM"}   # "" or _partial
-OTHER=$([ "$ARM" = das ] && echo nodas || echo das)$SUFFIX
+SUFFIX=""; [ "$PARTIAL" = 1 ] && SUFFIX=_partial
 TARGET=0.80; [ "$PARTIAL" = 1 ] && TARGET=0.85   # issue 22's generation-time targets das/stock
-if [ -s "$WORK/steps.json" ] && [ -s "${GRPO_WORK:-/tmp/grpo}/$OTHER/steps.json" ]; then  # both arms done here
-    "$PY" "$REPO/benchmarks/gpu/grpo_plot.py" plot --nodas "${GRPO_WORK:-/tmp/grpo}/nodas$SUFFIX/steps.json" \
-        --das "${GRPO_WORK:-/tmp/grpo}/das$SUFFIX/steps.json" --out "$RES/../compare$SUFFIX" \
-        --title "GRPO $(basename "$MODEL")${SUFFIX:+, partial rollouts}" --target-ratio "$TARGET" | tail -n 60
-fi
+G=${GRPO_WORK:-/tmp/grpo}
+# every (stock arm, DAS arm) pair done on this machine: compare$SUFFIX against the benchmark's stock
+# engine, compare_defaults$SUFFIX against vLLM's own (STOCK_ENGINE=defaults)
+for stock in nodas nodas_defaults; do
+    [ "$ARM" = das ] || [ "$NAME" = "$stock$SUFFIX" ] || continue
+    if [ -s "$G/das$SUFFIX/steps.json" ] && [ -s "$G/$stock$SUFFIX/steps.json" ]; then
+        "$PY" "$REPO/benchmarks/gpu/grpo_plot.py" plot --nodas "$G/$stock$SUFFIX/steps.json" \
+            --das "$G/das$SUFFIX/steps.json" --out "$RES/../compare${stock#nodas}$SUFFIX" \
+            --title "GRPO $(basename "$MODEL")${SUFFIX:+, partial rollouts}${stock#nodas}" --target-ratio "$TARGET" | tail -n 60
+    fi
+done
 took "extract + copy" "$t"
 took "grpo_compare.sh $NAME" "$T0" | tee -a "$RES/timing.txt"
 exit "$rc"
