@@ -140,10 +140,11 @@ def _das_config(args, mode: str):
 def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int = 0) -> dict:
     """vLLM ``LLM`` keyword arguments for ``mode``;
     ``tensor_parallel``: devices per engine. On GPU without ``--max-cudagraph-capture-size``,
-    the graphs cover a decode step of all ``concurrency`` requests at the mode's query length
-    (1 + k with speculation): vLLM 0.26's default stops at 512 tokens, so a padded DAS step of
-    more than 100 requests (k = 4) ran eager while no-speculation steps of up to 512 replayed
-    graphs."""
+    the graphs cover the widest decode step the mode runs with ``concurrency`` requests
+    (:func:`_widest_decode_step`: all of them at the mode's query length, 1 + k with speculation,
+    except where a batch gate keeps wide steps draft-free): vLLM 0.26's default stops at 512
+    tokens, so a padded DAS step of more than 100 requests (k = 4) ran eager while
+    no-speculation steps of up to 512 replayed graphs."""
     from openrlhf_das.engines.vllm import engine_kwargs
 
     kw: dict = dict(seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
@@ -160,7 +161,7 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
         if args.max_cudagraph_capture_size:
             cc["max_cudagraph_capture_size"] = args.max_cudagraph_capture_size
         elif concurrency:
-            widest = _query_len(args, mode) * min(concurrency, args.max_num_seqs)
+            widest = _widest_decode_step(args, mode, concurrency)
             if widest > VLLM_DEFAULT_MAX_CAPTURE:
                 cc["max_cudagraph_capture_size"] = widest
         kw.update(gpu_memory_utilization=args.gpu_memory_utilization, compilation_config=cc,
@@ -182,6 +183,20 @@ def _engine_kwargs(args, mode: str, tensor_parallel: int = 1, concurrency: int =
 
 VLLM_DEFAULT_MAX_CAPTURE = 512
 """vLLM 0.26's default ceiling of ``max_cudagraph_capture_size`` (tokens)."""
+
+
+def _widest_decode_step(args, mode: str, concurrency: int) -> int:
+    """Query tokens of the widest uniform decode step ``mode`` runs with ``concurrency`` requests:
+    (1 + k) per request with speculation; but a DAS mode behind a ``max_running`` gate with
+    draft-free graphs pads drafts only in steps of at most ``max_running`` requests, and its wider
+    steps carry one token per request (``draft_free_graphs``), so graphs past that would be
+    captured (engine start, device time) and never replayed."""
+    n = min(concurrency, args.max_num_seqs)
+    if mode in DAS_MODES:
+        c = _das_config(args, mode)
+        if c.gate.mode == "max_running" and c.draft_free_graphs:
+            return max(_query_len(args, mode) * min(n, c.gate.max_running), n)
+    return _query_len(args, mode) * n
 
 
 def _query_len(args, mode: str) -> int:

@@ -85,11 +85,17 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
 
 
 @pytest.mark.parametrize("mode, concurrency, extra, expected", [
-    ("das", 256, [], 1280),  # 256 padded requests x (1 + k): vLLM 0.26's 512-token default covers 100
+    # ungated: 256 padded requests x (1 + k); vLLM 0.26's 512-token default covers 100
+    ("das", 256, ["--das", "gate.mode=off"], 1280),
+    ("das", 256, ["--das", "draft_free_graphs=false"], 1280),  # every step padded
     ("suffix", 256, [], 1280),
     ("nospec_sync", 256, [], None),  # 256 x 1 token: the default already covers it
     ("das", 64, [], None),  # 320 tokens
-    ("das", 4096, [], 5 * 1024),  # at most max_num_seqs requests run at once
+    # gate max_running 64: padded steps of <= 64 x 5 tokens, wider steps of 1 token per request
+    ("das", 256, [], None),
+    ("das_gpu", 256, ["--das", "budgets.long.tokens=8"], 576),  # k = 8: 64 x 9 tokens (was 9 x 256)
+    ("das", 4096, [], 1024),  # 1-token steps of up to max_num_seqs requests
+    ("das", 4096, ["--das", "gate.mode=off"], 5 * 1024),  # at most max_num_seqs requests run at once
     ("das", 256, ["--max-cudagraph-capture-size", "2048"], 2048),  # an explicit size wins
 ])
 def test_gpu_graphs_cover_every_running_request(mode, concurrency, extra, expected):
