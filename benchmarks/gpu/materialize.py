@@ -270,16 +270,15 @@ def weights(gguf_path, side, out, dtype="bfloat16", threads=None, check=None, de
     sd = {}
     rest = tensors
     dev = device or ("cuda" if torch.cuda.is_available() else None)  # torch on a CPU is slower than numpy
-    if dev is not None and type(processor) is TensorProcessor:  # names only: weights go through unchanged
+    if dev is not None and type(processor) is TensorProcessor:  # its process() keeps weights and name
         rest = []
         for item in tensors:
             name, qt, raw, shape = item
             w = torch_dequantize(raw, qt, shape, dev)
-            res = processor.process(weights=None, name=name, tensor_key_mapping=name_map, parsed_parameters={})
             if w is None:
                 rest.append(item)
-            elif res.name in name_map:
-                sd[name_map[res.name]] = w.to(tdtype).cpu()
+            elif name in name_map:
+                sd[name_map[name]] = w.to(tdtype).cpu()
         _log(f"{len(tensors) - len(rest)} tensors dequantized with torch on {dev}, {len(rest)} with gguf's numpy code")
     with ThreadPoolExecutor(threads or min(16, os.cpu_count() or 4)) as ex:
         for r in ex.map(one, rest):
