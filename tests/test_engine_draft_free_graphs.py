@@ -121,6 +121,39 @@ def test_steps_above_the_largest_key_run_eager() -> None:
     assert _step(small, [1] * 170) == _step(_runner(False, max_capture=160), [1] * 170)
 
 
+def test_steps_of_every_request_need_a_covering_capture_size() -> None:
+    """A maximum capture size of max_num_seqs (256) leaves vLLM 250 at k = 4 (sizes rounded to
+    multiples of 5), so steps of 251-256 requests had no graph; :func:`covering_capture_size`
+    (272, rounded to 260) covers them."""
+    assert _step(_runner(True, max_capture=MAX_SEQS), [1] * MAX_SEQS)[0] == CUDAGraphMode.NONE
+    size = draft_free_graphs.covering_capture_size(MAX_SEQS, 1 + K)
+    assert size == 272
+    mode, desc = _step(_runner(True, max_capture=size), [1] * MAX_SEQS)
+    assert mode == CUDAGraphMode.FULL and (desc.num_tokens, desc.num_reqs) == (MAX_SEQS, MAX_SEQS)
+
+
+def _kept_max(max_capture: int, query_len: int) -> int:
+    """vLLM's own largest capture size after its spec-decode rounding
+    (``CompilationConfig.adjust_cudagraph_sizes_for_spec_decode``), from the default sizes of
+    ``max_capture`` truncated as ``VllmConfig`` does."""
+    sizes = draft_free_graphs.default_capture_sizes(max_capture)
+    cc = CompilationConfig(mode=0, cudagraph_mode="FULL_DECODE_ONLY", cudagraph_capture_sizes=sizes,
+                           max_cudagraph_capture_size=sizes[-1])
+    cc.post_init_cudagraph_sizes()
+    cc.adjust_cudagraph_sizes_for_spec_decode(query_len, 1)
+    return cc.max_cudagraph_capture_size
+
+
+@pytest.mark.parametrize("query_len", [1, 2, 5, 9, 17])
+@pytest.mark.parametrize("requests", [1, 3, 7, 100, 255, 256, 257, 1000, 1010, 1011, 1024, 4096])
+def test_covering_capture_size_is_the_smallest_that_covers(requests, query_len) -> None:
+    size = draft_free_graphs.covering_capture_size(requests, query_len)
+    assert size in draft_free_graphs.default_capture_sizes(size)  # vLLM keeps it as given
+    assert _kept_max(size, query_len) >= requests
+    smaller = [s for s in draft_free_graphs.default_capture_sizes(size) if query_len <= s < size]
+    assert not smaller or _kept_max(smaller[-1], query_len) < requests  # (vLLM refuses a size < query_len)
+
+
 @pytest.mark.parametrize("mode", ["NONE", "PIECEWISE_STUB"])
 def test_no_keys_without_full_decode_graphs(mode) -> None:
     if mode == "PIECEWISE_STUB":  # PIECEWISE needs inductor; the dispatcher skips FULL keys the same way

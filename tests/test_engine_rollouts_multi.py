@@ -94,7 +94,10 @@ def test_two_engine_rollouts_are_sharded_and_merged(tmp_path):
     # gate max_running 64: padded steps of <= 64 x 5 tokens, wider steps of 1 token per request
     ("das", 256, [], None),
     ("das_gpu", 256, ["--das", "budgets.long.tokens=8"], 576),  # k = 8: 64 x 9 tokens (was 9 x 256)
-    ("das", 4096, [], 1024),  # 1-token steps of up to max_num_seqs requests
+    # 1-token steps of up to max_num_seqs requests: vLLM rounds a maximum of 1024 down to 1010 for
+    # k = 4 (sizes become multiples of 5), and steps of 1011-1024 requests ran eager; 1040 keeps 1025
+    ("das", 4096, [], 1040),
+    ("nospec", 4096, [], 1024),
     ("das", 4096, ["--das", "gate.mode=off"], 5 * 1024),  # at most max_num_seqs requests run at once
     ("das", 256, ["--max-cudagraph-capture-size", "2048"], 2048),  # an explicit size wins
 ])

@@ -103,6 +103,39 @@ def one_token_sizes(capture_sizes: list[int], max_num_seqs: int, max_capture_siz
     return sorted(sizes)
 
 
+def default_capture_sizes(max_capture_size: int) -> list[int]:
+    """vLLM's capture sizes (tokens) for a given ``max_cudagraph_capture_size`` (0.26-0.29): 1, 2,
+    4, multiples of 8 below 256, then multiples of 16 up to the maximum (which vLLM then truncates
+    to the largest of them)."""
+    m = max_capture_size
+    return [s for s in (1, 2, 4) if s <= m] + list(range(8, min(m + 1, 256), 8)) + list(range(256, m + 1, 16))
+
+
+def _graph_max_tokens(max_capture_size: int, query_len: int) -> int:
+    """The widest step (tokens) with a graph on an engine that speculates ``query_len - 1`` tokens:
+    vLLM rounds each capture size up to a multiple of ``query_len`` and drops those above the
+    (truncated) maximum."""
+    sizes = default_capture_sizes(max_capture_size)
+    top = sizes[-1] if sizes else 0
+    return max((r for r in (-(-s // query_len) * query_len for s in sizes) if r <= top), default=0)
+
+
+def covering_capture_size(requests: int, query_len: int) -> int:
+    """The smallest ``max_cudagraph_capture_size`` (tokens) with which an engine that speculates
+    ``query_len - 1`` tokens has graphs for decode steps of ``requests`` requests at one token
+    each (and for padded steps of ``requests // query_len`` requests).
+
+    vLLM truncates the maximum to its largest default capture size
+    (:func:`default_capture_sizes`), rounds every size up to a multiple of ``query_len``, drops
+    those above the maximum, and dispatches no step wider than the largest one left to a graph.
+    So 1024 requests at k = 4 need 1040 (1024 leaves 1010: steps of 1011-1024 requests ran
+    eager), 256 need 272 (256 leaves 250). ``query_len`` 1: the smallest default size >= ``requests``."""
+    size = max(requests, 1)
+    while size not in default_capture_sizes(size) or _graph_max_tokens(size, query_len) < requests:
+        size += 1
+    return size
+
+
 def _padding_table(sizes: list[int], max_capture_size: int) -> list[int]:
     """Request count n (0..max_capture_size) -> the smallest size >= n, or n when none is."""
     table, j = [], 0

@@ -198,13 +198,13 @@ class DASDrafting:
                 "DAS: CUDA graphs cover padded decode steps of at most %d requests (%d tokens each); "
                 "drafted steps may have %d: larger ones run eager. Set compilation_config "
                 "max_cudagraph_capture_size=%d to cover them.", self.graph_max_requests, q, drafted_max,
-                q * drafted_max)
+                draft_free_graphs.covering_capture_size(q * drafted_max, q))
         plain_max = max((d.num_reqs for d in draft_free_graphs.draft_free_keys(dispatcher)), default=0)
         if self._plain_graphs and plain_max < max_seqs:
             logger.warning(
                 "DAS: CUDA graphs cover draft-free decode steps of at most %d requests, max_num_seqs is %d: "
                 "larger steps run eager. Set compilation_config max_cudagraph_capture_size=%d to cover them.",
-                plain_max, max_seqs, max_seqs)
+                plain_max, max_seqs, draft_free_graphs.covering_capture_size(max_seqs, q))
 
     # ------------------------------------------------------------------ RPC helpers
     def load_snapshot_bytes(self, data: bytes, classes: dict[str, str] | None = None) -> dict[str, int]:
