@@ -269,7 +269,9 @@ PATCH_SITES: tuple[tuple[str, str, str, str], ...] = (
      "optional_patch"),
     ("engines/vllm/async_proposer.py", "GPUModelRunner._update_states, _num_valid_draft_tokens_cpu",
      "core for async_scheduling", "versions.core_patch(install) + require_attrs in the constructor (engine start)"),
-    ("engines/vllm/lean_bookkeeping.py", "gpu_model_runner.update_scheduler_for_invalid_drafts (module global); "
+    ("engines/vllm/lean_bookkeeping.py", "gpu_model_runner.update_scheduler_for_invalid_drafts and "
+     "update_ngram_gpu_tensors_incremental (module globals; the latter's _pinned_val_buf keyword, "
+     "input_batch.req_id_to_index / prev_req_id_to_index / num_tokens_no_spec_cpu_tensor); "
      "the closure _update_states returns (runs with num_tokens_no_spec_gpu bound to a host array); reads "
      "input_batch.num_tokens_no_spec / num_reqs", "optional 'lean_bookkeeping'",
      "optional_patch at install; probe of the runner's fields per step, fallback = vLLM's closure"),

@@ -23,6 +23,7 @@ from openrlhf_das import versions
 from openrlhf_das.config import DASConfig
 from openrlhf_das.engines.vllm import lean_bookkeeping
 from openrlhf_das.engines.vllm.device_proposer import DASDeviceProposer
+from vllm.v1.spec_decode import ngram_proposer_gpu
 from vllm.v1.spec_decode.ngram_proposer_gpu import NgramProposerGPU
 
 pytestmark = pytest.mark.engine
@@ -52,9 +53,24 @@ def plain(model, problems) -> list:
 def _run(model, problems, plain, lean: bool, device: bool, monkeypatch) -> dict:
     """Outputs, DAS stats and the batched corrections seen (with a check after each)."""
     pids, prompts = problems
-    seen = {"corrections": 0, "rows_checked": 0, "trims_numpy": 0, "preps_compared": 0}
+    seen = {"corrections": 0, "rows_checked": 0, "trims_numpy": 0, "preps_compared": 0, "steady_checked": 0}
     real_corrections, real_lean = lean_bookkeeping.corrections, lean_bookkeeping._lean
     real_prep = DASDeviceProposer.update_token_ids_ngram
+    real_steady = lean_bookkeeping._steady_sync
+
+    def compared_steady(batch, tokens, lengths, new_reqs, staging) -> bool:
+        """A steady step's length sync against vLLM's own incremental update (its module's
+        unpatched function) on copies of the same buffers, every step it is taken."""
+        want_tokens, want_lengths = tokens.clone(), lengths.clone()
+        rows = len(staging)
+        ngram_proposer_gpu.update_ngram_gpu_tensors_incremental(
+            batch, want_tokens, want_lengths, new_reqs, tokens.device,
+            _pinned_idx_buf=torch.zeros(rows, dtype=torch.long), _pinned_val_buf=torch.zeros_like(staging))
+        took = real_steady(batch, tokens, lengths, new_reqs, staging)
+        if took:
+            assert torch.equal(tokens, want_tokens) and torch.equal(lengths, want_lengths), "length sync differs"
+            seen["steady_checked"] += 1
+        return took
 
     def compared_prep(self, sampled, batch, token_ids, lengths, discard):
         """The proposer's token preparation against vLLM's (a pure function), every step."""
@@ -86,6 +102,7 @@ def _run(model, problems, plain, lean: bool, device: bool, monkeypatch) -> dict:
     monkeypatch.setattr(lean_bookkeeping, "corrections", checked)
     monkeypatch.setattr(lean_bookkeeping, "_lean", counting_lean)
     monkeypatch.setattr(DASDeviceProposer, "update_token_ids_ngram", compared_prep)
+    monkeypatch.setattr(lean_bookkeeping, "_steady_sync", compared_steady)
     with running_llm(model, das=_config(lean, device), async_cpu=True, **ENGINE) as llm:
         load_history(llm, pids, corrupt(token_ids(plain), every=8, vocab_size=49152, seed=0))
         das_stats(llm, reset=True)
@@ -121,6 +138,17 @@ def test_batched_corrections_ran_only_when_on(device_runs) -> None:
     assert on["corrections"] > 0 and on["rows_checked"] > 0  # each followed by the equality check
     assert on["trims_numpy"] > 0
     assert off["corrections"] == 0 and off["trims_numpy"] == 0
+
+
+def test_steady_length_syncs_equal_vllms(device_runs) -> None:
+    """With lean bookkeeping a steady step's length sync is one copy (no per-request walk): equal
+    to vLLM's incremental update at every such step (checked in ``_run``). Here requests of 24
+    tokens finish every few steps (a finished request moves rows: vLLM's function then), so only
+    some steps are steady; in a long tail most are."""
+    on, off = device_runs[True], device_runs[False]
+    print(f"steady length syncs: {on['steady_checked']} of {on['stats']['steps']} steps")
+    assert on["steady_checked"] > 0
+    assert off["steady_checked"] == 0  # switched off: vLLM's function every step
 
 
 def test_token_preparation_by_the_proposer_equals_vllms(device_runs) -> None:
@@ -219,3 +247,40 @@ def test_install_without_the_function_switches_off(monkeypatch) -> None:
 
     assert lean_bookkeeping.install(Module) is False
     assert lean_bookkeeping.FEATURE in versions.disabled_features()
+
+
+class _SyncBatch:
+    """The input batch fields the length sync reads."""
+
+    def __init__(self, rows: list[str], prev: list[str] | None, lengths: list[int]) -> None:
+        self.req_id_to_index = {r: i for i, r in enumerate(rows) if r}
+        self.prev_req_id_to_index = None if prev is None else {r: i for i, r in enumerate(prev) if r}
+        self.num_tokens_no_spec_cpu_tensor = torch.tensor(lengths + [0] * 4, dtype=torch.int32)
+
+
+def test_length_sync_takes_the_steady_form_only_when_nothing_moved(monkeypatch) -> None:
+    monkeypatch.setattr(versions, "_disabled", {}, raising=False)
+    calls = []
+    sync = lean_bookkeeping._wrap_sync(lambda *a, **k: calls.append("vllm"))
+    on = {"lean": True}
+    mine, other = torch.zeros(8, dtype=torch.int32), torch.zeros(8, dtype=torch.int32)
+    lean_bookkeeping.register_lengths(mine, lambda: on["lean"])
+    staging = torch.zeros(8, dtype=torch.int32)
+
+    def step(batch, lengths=mine, new_reqs=(), **kw):
+        kw.setdefault("_pinned_val_buf", staging)
+        sync(batch, None, lengths, list(new_reqs), "cpu", **kw)
+
+    step(_SyncBatch(["a", "b", "c"], ["a", "b", "c"], [5, 7, 9]))  # steady
+    assert calls == [] and mine[:3].tolist() == [5, 7, 9] and lean_bookkeeping.steady_syncs(mine) == 1
+    for batch, new in [(_SyncBatch(["a", "b", "c"], ["a", "b", "c"], [5, 7, 9]), ["c"]),  # a new request
+                       (_SyncBatch(["a", "c", "b"], ["a", "b", "c"], [5, 7, 9]), []),  # rows moved
+                       (_SyncBatch(["a", "b"], ["a", "b", "c"], [5, 7]), []),  # one finished
+                       (_SyncBatch(["a", "", "c"], ["a", "", "c"], [5, 0, 9]), []),  # a hole: rows not 0..n-1
+                       (_SyncBatch(["a", "b"], None, [5, 7]), [])]:  # the first step
+        step(batch, new_reqs=new)
+    step(_SyncBatch(["a"], ["a"], [3]), lengths=other)  # another engine's buffer
+    step(_SyncBatch(["a"], ["a"], [3]), _pinned_val_buf=None)  # no staging buffer passed
+    on["lean"] = False
+    step(_SyncBatch(["a"], ["a"], [3]))
+    assert calls == ["vllm"] * 8 and lean_bookkeeping.steady_syncs(mine) == 1

@@ -82,6 +82,9 @@ def install(runner_cls: type) -> None:
             counts = versions.probe(lean_bookkeeping.FEATURE, lambda: self._num_valid_draft_tokens_cpu, None)
             if counts is not None:
                 lean_bookkeeping.register_counts(counts, lambda: drafter.das_config.lean_bookkeeping)
+            lengths = versions.probe(lean_bookkeeping.FEATURE, lambda: self.num_tokens_no_spec_gpu, None)
+            if lengths is not None:
+                lean_bookkeeping.register_lengths(lengths, lambda: drafter.das_config.lean_bookkeeping)
             drafter._lean_registered = True
         corrections = original(self, scheduler_output)
         if corrections is not None and drafter.das_config.lean_bookkeeping:
