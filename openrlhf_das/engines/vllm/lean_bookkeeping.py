@@ -27,7 +27,7 @@ speculation, the device busy 2.9 ms of it):
   ``_update_states`` at every step, drafted or gated): it lists the batch's rows, copies them to
   the device, walks every request to find moved rows, then copies every row's host length to the
   device with an ``index_copy_``: Python work per request and two transfers at every step (about
-  1 ms per step at 1,024 requests on the H100 host, run 9's host profile). In a steady step (no
+  1 ms per step at 1,024 requests on the H100 host, docs/gpu.md run 9's host profile). In a steady step (no
   new request, every request on the row it had at the previous step, rows ``0..n-1``) all of that
   reduces to ``num_tokens_no_spec_gpu[:n] = num_tokens_no_spec[:n]``, which :func:`_steady_sync`
   does through vLLM's own pinned staging buffer; every other step runs vLLM's function. Only
