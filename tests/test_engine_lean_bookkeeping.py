@@ -140,14 +140,13 @@ def test_batched_corrections_ran_only_when_on(device_runs) -> None:
     assert off["corrections"] == 0 and off["trims_numpy"] == 0
 
 
-def test_steady_length_syncs_equal_vllms(device_runs) -> None:
-    """With lean bookkeeping a steady step's length sync is one copy (no per-request walk): equal
-    to vLLM's incremental update at every such step (checked in ``_run``). Here requests of 24
-    tokens finish every few steps (a finished request moves rows: vLLM's function then), so only
-    some steps are steady; in a long tail most are."""
+def test_lean_length_syncs_equal_vllms(device_runs) -> None:
+    """With lean bookkeeping a step without a new request syncs lengths (and moves rows) without
+    vLLM's walk over every request: equal to vLLM's incremental update at every such step (checked
+    in ``_run``), most of the steps here (the others brought new requests)."""
     on, off = device_runs[True], device_runs[False]
-    print(f"steady length syncs: {on['steady_checked']} of {on['stats']['steps']} steps")
-    assert on["steady_checked"] > 0
+    print(f"lean length syncs: {on['steady_checked']} of {on['stats']['steps']} steps")
+    assert on["steady_checked"] > on["stats"]["steps"] // 2
     assert off["steady_checked"] == 0  # switched off: vLLM's function every step
 
 
@@ -258,7 +257,10 @@ class _SyncBatch:
         self.num_tokens_no_spec_cpu_tensor = torch.tensor(lengths + [0] * 4, dtype=torch.int32)
 
 
-def test_length_sync_takes_the_steady_form_only_when_nothing_moved(monkeypatch) -> None:
+def test_length_sync_takes_the_lean_form_without_new_requests(monkeypatch) -> None:
+    """Steps without a new request (rows moved or not) take the lean form, equal to vLLM's own
+    function on the same buffers; a new request, a hole in the rows, the first step, another
+    engine's buffer, no staging buffer or the switch off run vLLM's function."""
     monkeypatch.setattr(versions, "_disabled", {}, raising=False)
     calls = []
     sync = lean_bookkeeping._wrap_sync(lambda *a, **k: calls.append("vllm"))
@@ -266,16 +268,25 @@ def test_length_sync_takes_the_steady_form_only_when_nothing_moved(monkeypatch) 
     mine, other = torch.zeros(8, dtype=torch.int32), torch.zeros(8, dtype=torch.int32)
     lean_bookkeeping.register_lengths(mine, lambda: on["lean"])
     staging = torch.zeros(8, dtype=torch.int32)
+    tokens = torch.arange(8 * 6, dtype=torch.int32).reshape(8, 6)
 
     def step(batch, lengths=mine, new_reqs=(), **kw):
         kw.setdefault("_pinned_val_buf", staging)
-        sync(batch, None, lengths, list(new_reqs), "cpu", **kw)
+        sync(batch, tokens, lengths, list(new_reqs), "cpu", **kw)
 
-    step(_SyncBatch(["a", "b", "c"], ["a", "b", "c"], [5, 7, 9]))  # steady
-    assert calls == [] and mine[:3].tolist() == [5, 7, 9] and lean_bookkeeping.steady_syncs(mine) == 1
+    def vllms(batch, t, n):
+        ngram_proposer_gpu.update_ngram_gpu_tensors_incremental(
+            batch, t, n, [], "cpu", _pinned_idx_buf=torch.zeros(8, dtype=torch.long),
+            _pinned_val_buf=torch.zeros(8, dtype=torch.int32))
+
+    for batch in (_SyncBatch(["a", "b", "c"], ["a", "b", "c"], [5, 7, 9]),  # nothing moved
+                  _SyncBatch(["a", "d", "c"], ["a", "b", "c", "d"], [5, 3, 9])):  # b finished, d moved 3 -> 1
+        want_tokens, want_lengths = tokens.clone(), mine.clone()
+        vllms(batch, want_tokens, want_lengths)
+        step(batch)
+        assert calls == [] and torch.equal(tokens, want_tokens) and torch.equal(mine, want_lengths)
+    assert tokens[1].tolist() == list(range(18, 24)) and lean_bookkeeping.steady_syncs(mine) == 2
     for batch, new in [(_SyncBatch(["a", "b", "c"], ["a", "b", "c"], [5, 7, 9]), ["c"]),  # a new request
-                       (_SyncBatch(["a", "c", "b"], ["a", "b", "c"], [5, 7, 9]), []),  # rows moved
-                       (_SyncBatch(["a", "b"], ["a", "b", "c"], [5, 7]), []),  # one finished
                        (_SyncBatch(["a", "", "c"], ["a", "", "c"], [5, 0, 9]), []),  # a hole: rows not 0..n-1
                        (_SyncBatch(["a", "b"], None, [5, 7]), [])]:  # the first step
         step(batch, new_reqs=new)
@@ -283,4 +294,4 @@ def test_length_sync_takes_the_steady_form_only_when_nothing_moved(monkeypatch) 
     step(_SyncBatch(["a"], ["a"], [3]), _pinned_val_buf=None)  # no staging buffer passed
     on["lean"] = False
     step(_SyncBatch(["a"], ["a"], [3]))
-    assert calls == ["vllm"] * 8 and lean_bookkeeping.steady_syncs(mine) == 1
+    assert calls == ["vllm"] * 6 and lean_bookkeeping.steady_syncs(mine) == 2

@@ -27,11 +27,12 @@ speculation, the device busy 2.9 ms of it):
   ``_update_states`` at every step, drafted or gated): it lists the batch's rows, copies them to
   the device, walks every request to find moved rows, then copies every row's host length to the
   device with an ``index_copy_``: Python work per request and two transfers at every step (about
-  1 ms per step at 1,024 requests on the H100 host, docs/gpu.md run 9's host profile). In a steady step (no
-  new request, every request on the row it had at the previous step, rows ``0..n-1``) all of that
-  reduces to ``num_tokens_no_spec_gpu[:n] = num_tokens_no_spec[:n]``, which :func:`_steady_sync`
-  does through vLLM's own pinned staging buffer; every other step runs vLLM's function. Only
-  for length buffers a DAS engine registered (:func:`register_lengths`).
+  1 ms per step at 1,024 requests on the H100 host, docs/gpu.md run 9's host profile). In a step
+  without a new request whose rows are ``0..n-1`` (every decode step but those after an arrival),
+  :func:`_steady_sync` finds the moved requests with a set difference of the two index maps and
+  does the same moves and one length copy through vLLM's own pinned staging buffer; a step with a
+  new request runs vLLM's function. Only for length buffers a DAS engine registered
+  (:func:`register_lengths`).
 
 Outputs unchanged (only where lengths are written from); the engine tests compare drafts,
 acceptance and outputs with the switch on and off (``tests/test_engine_lean_bookkeeping.py``).
@@ -94,20 +95,37 @@ def steady_syncs(lengths: torch.Tensor) -> int:
 
 def _steady_sync(input_batch: Any, token_ids_gpu_tensor: Any, num_tokens_no_spec_gpu: torch.Tensor, new_reqs: Any,
                  staging: torch.Tensor) -> bool:
-    """If this step is steady — no new request, every request on the row it had at the previous
-    step (the runner's ``prev_req_id_to_index`` equals ``req_id_to_index``), rows ``0..n-1`` — do
-    what vLLM's incremental update does in that case, ``num_tokens_no_spec_gpu[:n] =
-    num_tokens_no_spec[:n]`` (through vLLM's pinned staging buffer), and return True; else change
-    nothing and return False. ``token_ids_gpu_tensor`` is left as it is, as vLLM leaves it then."""
+    """If this step has no new request and its rows are ``0..n-1``, do what vLLM's incremental
+    update does then — move the token rows of requests whose row changed since the previous step
+    (a finished request's row is refilled by ``condense``), then ``num_tokens_no_spec_gpu[:n] =
+    num_tokens_no_spec[:n]`` (through vLLM's pinned staging buffer) — and return True; else change
+    nothing and return False. The moved requests come from a set difference of the two index
+    maps (C speed) instead of vLLM's walk over every request; moves have distinct sources and
+    destinations, so their order does not matter."""
     if new_reqs:
         return False
     curr = input_batch.req_id_to_index
     prev = input_batch.prev_req_id_to_index
-    if not curr or prev is None or prev != curr:
+    if not curr or prev is None:
         return False
     n = len(curr)
     if max(curr.values()) != n - 1 or n > len(staging):  # distinct rows: exactly 0..n-1
         return False
+    src, dst = [], []
+    if prev != curr:
+        for req_id, row in curr.items() - prev.items():
+            before = prev.get(req_id)
+            if before is not None:  # a request absent before is not moved (vLLM: a new one)
+                src.append(before)
+                dst.append(row)
+    if src:  # as vLLM moves them
+        from vllm.utils.torch_utils import async_tensor_h2d
+
+        device = num_tokens_no_spec_gpu.device
+        src_t = async_tensor_h2d(src, dtype=torch.long, device=device)
+        dst_t = async_tensor_h2d(dst, dtype=torch.long, device=device)
+        token_ids_gpu_tensor[dst_t] = token_ids_gpu_tensor[src_t].clone()
+        num_tokens_no_spec_gpu[dst_t] = num_tokens_no_spec_gpu[src_t].clone()
     vals = staging[:n]
     vals.copy_(input_batch.num_tokens_no_spec_cpu_tensor[:n])
     num_tokens_no_spec_gpu[:n].copy_(vals, non_blocking=True)
