@@ -81,14 +81,15 @@ def _lean(counts: Any) -> bool:
 
 
 def register_lengths(lengths: torch.Tensor, on: Callable[[], bool]) -> None:
-    """Let the per-step length sync take its steady-step form for ``lengths`` (a runner's
-    ``num_tokens_no_spec_gpu``) while ``on()`` is true."""
+    """Let the per-step length sync take its lean form (:func:`_steady_sync`) for ``lengths`` (a
+    runner's ``num_tokens_no_spec_gpu``) while ``on()`` is true."""
     if isinstance(lengths, torch.Tensor):
         _LENGTHS[id(lengths)] = (weakref.ref(lengths), on, [0])
 
 
 def steady_syncs(lengths: torch.Tensor) -> int:
-    """Steps whose length sync took the steady-step form, for ``lengths`` (0 if unregistered)."""
+    """Steps whose length sync took the lean form (no new request), for ``lengths`` (0 if
+    unregistered)."""
     entry = _LENGTHS.get(id(lengths))
     return entry[2][0] if entry is not None and entry[0]() is lengths else 0
 
