@@ -53,23 +53,23 @@ def plain(model, problems) -> list:
 def _run(model, problems, plain, lean: bool, device: bool, monkeypatch) -> dict:
     """Outputs, DAS stats and the batched corrections seen (with a check after each)."""
     pids, prompts = problems
-    seen = {"corrections": 0, "rows_checked": 0, "trims_numpy": 0, "preps_compared": 0, "steady_checked": 0}
+    seen = {"corrections": 0, "rows_checked": 0, "trims_numpy": 0, "preps_compared": 0, "syncs_checked": 0}
     real_corrections, real_lean = lean_bookkeeping.corrections, lean_bookkeeping._lean
     real_prep = DASDeviceProposer.update_token_ids_ngram
-    real_steady = lean_bookkeeping._steady_sync
+    real_lean_sync = lean_bookkeeping._lean_sync
 
-    def compared_steady(batch, tokens, lengths, new_reqs, staging) -> bool:
-        """A steady step's length sync against vLLM's own incremental update (its module's
+    def compared_sync(batch, tokens, lengths, new_reqs, staging) -> bool:
+        """A lean length sync (a step without a new request) against vLLM's own incremental update (its module's
         unpatched function) on copies of the same buffers, every step it is taken."""
         want_tokens, want_lengths = tokens.clone(), lengths.clone()
         rows = len(staging)
         ngram_proposer_gpu.update_ngram_gpu_tensors_incremental(
             batch, want_tokens, want_lengths, new_reqs, tokens.device,
             _pinned_idx_buf=torch.zeros(rows, dtype=torch.long), _pinned_val_buf=torch.zeros_like(staging))
-        took = real_steady(batch, tokens, lengths, new_reqs, staging)
+        took = real_lean_sync(batch, tokens, lengths, new_reqs, staging)
         if took:
             assert torch.equal(tokens, want_tokens) and torch.equal(lengths, want_lengths), "length sync differs"
-            seen["steady_checked"] += 1
+            seen["syncs_checked"] += 1
         return took
 
     def compared_prep(self, sampled, batch, token_ids, lengths, discard):
@@ -102,7 +102,7 @@ def _run(model, problems, plain, lean: bool, device: bool, monkeypatch) -> dict:
     monkeypatch.setattr(lean_bookkeeping, "corrections", checked)
     monkeypatch.setattr(lean_bookkeeping, "_lean", counting_lean)
     monkeypatch.setattr(DASDeviceProposer, "update_token_ids_ngram", compared_prep)
-    monkeypatch.setattr(lean_bookkeeping, "_steady_sync", compared_steady)
+    monkeypatch.setattr(lean_bookkeeping, "_lean_sync", compared_sync)
     with running_llm(model, das=_config(lean, device), async_cpu=True, **ENGINE) as llm:
         load_history(llm, pids, corrupt(token_ids(plain), every=8, vocab_size=49152, seed=0))
         das_stats(llm, reset=True)
@@ -145,9 +145,9 @@ def test_lean_length_syncs_equal_vllms(device_runs) -> None:
     vLLM's walk over every request: equal to vLLM's incremental update at every such step (checked
     in ``_run``), most of the steps here (the others brought new requests)."""
     on, off = device_runs[True], device_runs[False]
-    print(f"lean length syncs: {on['steady_checked']} of {on['stats']['steps']} steps")
-    assert on["steady_checked"] > on["stats"]["steps"] // 2
-    assert off["steady_checked"] == 0  # switched off: vLLM's function every step
+    print(f"lean length syncs: {on['syncs_checked']} of {on['stats']['steps']} steps")
+    assert on["syncs_checked"] > on["stats"]["steps"] // 2
+    assert off["syncs_checked"] == 0  # switched off: vLLM's function every step
 
 
 def test_token_preparation_by_the_proposer_equals_vllms(device_runs) -> None:
@@ -285,7 +285,7 @@ def test_length_sync_takes_the_lean_form_without_new_requests(monkeypatch) -> No
         vllms(batch, want_tokens, want_lengths)
         step(batch)
         assert calls == [] and torch.equal(tokens, want_tokens) and torch.equal(mine, want_lengths)
-    assert tokens[1].tolist() == list(range(18, 24)) and lean_bookkeeping.steady_syncs(mine) == 2
+    assert tokens[1].tolist() == list(range(18, 24)) and lean_bookkeeping.lean_syncs(mine) == 2
     for batch, new in [(_SyncBatch(["a", "b", "c"], ["a", "b", "c"], [5, 7, 9]), ["c"]),  # a new request
                        (_SyncBatch(["a", "", "c"], ["a", "", "c"], [5, 0, 9]), []),  # a hole: rows not 0..n-1
                        (_SyncBatch(["a", "b"], None, [5, 7]), [])]:  # the first step
@@ -294,4 +294,4 @@ def test_length_sync_takes_the_lean_form_without_new_requests(monkeypatch) -> No
     step(_SyncBatch(["a"], ["a"], [3]), _pinned_val_buf=None)  # no staging buffer passed
     on["lean"] = False
     step(_SyncBatch(["a"], ["a"], [3]))
-    assert calls == ["vllm"] * 6 and lean_bookkeeping.steady_syncs(mine) == 2
+    assert calls == ["vllm"] * 6 and lean_bookkeeping.lean_syncs(mine) == 2

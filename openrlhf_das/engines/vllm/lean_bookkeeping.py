@@ -29,7 +29,7 @@ speculation, the device busy 2.9 ms of it):
   device with an ``index_copy_``: Python work per request and two transfers at every step (about
   1 ms per step at 1,024 requests on the H100 host, docs/gpu.md run 9's host profile). In a step
   without a new request whose rows are ``0..n-1`` (every decode step but those after an arrival),
-  :func:`_steady_sync` finds the moved requests with a set difference of the two index maps and
+  :func:`_lean_sync` finds the moved requests with a set difference of the two index maps and
   does the same moves and one length copy through vLLM's own pinned staging buffer; a step with a
   new request runs vLLM's function. Only for length buffers a DAS engine registered
   (:func:`register_lengths`).
@@ -64,7 +64,7 @@ _SCRATCH = "_das_lengths_scratch"
 _COUNTS: dict[int, tuple["weakref.ref[torch.Tensor]", Callable[[], bool]]] = {}
 """id -> (weak reference, switch) of the valid-draft count buffers of DAS engines."""
 _LENGTHS: dict[int, tuple["weakref.ref[torch.Tensor]", Callable[[], bool], list[int]]] = {}
-"""id -> (weak reference, switch, [steady steps]) of the device length buffers of DAS engines."""
+"""id -> (weak reference, switch, [lean syncs]) of the device length buffers of DAS engines."""
 
 
 def register_counts(counts: torch.Tensor, on: Callable[[], bool]) -> None:
@@ -81,20 +81,20 @@ def _lean(counts: Any) -> bool:
 
 
 def register_lengths(lengths: torch.Tensor, on: Callable[[], bool]) -> None:
-    """Let the per-step length sync take its lean form (:func:`_steady_sync`) for ``lengths`` (a
+    """Let the per-step length sync take its lean form (:func:`_lean_sync`) for ``lengths`` (a
     runner's ``num_tokens_no_spec_gpu``) while ``on()`` is true."""
     if isinstance(lengths, torch.Tensor):
         _LENGTHS[id(lengths)] = (weakref.ref(lengths), on, [0])
 
 
-def steady_syncs(lengths: torch.Tensor) -> int:
+def lean_syncs(lengths: torch.Tensor) -> int:
     """Steps whose length sync took the lean form (no new request), for ``lengths`` (0 if
     unregistered)."""
     entry = _LENGTHS.get(id(lengths))
     return entry[2][0] if entry is not None and entry[0]() is lengths else 0
 
 
-def _steady_sync(input_batch: Any, token_ids_gpu_tensor: Any, num_tokens_no_spec_gpu: torch.Tensor, new_reqs: Any,
+def _lean_sync(input_batch: Any, token_ids_gpu_tensor: Any, num_tokens_no_spec_gpu: torch.Tensor, new_reqs: Any,
                  staging: torch.Tensor) -> bool:
     """If this step has no new request and its rows are ``0..n-1``, do what vLLM's incremental
     update does then — move the token rows of requests whose row changed since the previous step
@@ -141,7 +141,7 @@ def _wrap_sync(orig: Callable[..., Any]) -> Callable[..., Any]:
         staging = kwargs.get("_pinned_val_buf")
         if (entry is not None and entry[0]() is num_tokens_no_spec_gpu and entry[1]() and staging is not None
                 and not args and versions.enabled(FEATURE)
-                and versions.probe(FEATURE, lambda: _steady_sync(input_batch, token_ids_gpu_tensor,
+                and versions.probe(FEATURE, lambda: _lean_sync(input_batch, token_ids_gpu_tensor,
                                                                  num_tokens_no_spec_gpu, new_reqs, staging), False)):
             entry[2][0] += 1
             return None
