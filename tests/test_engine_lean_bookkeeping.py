@@ -59,8 +59,9 @@ def _run(model, problems, plain, lean: bool, device: bool, monkeypatch) -> dict:
     real_lean_sync = lean_bookkeeping._lean_sync
 
     def compared_sync(batch, tokens, lengths, new_reqs, staging) -> bool:
-        """A lean length sync (a step without a new request) against vLLM's own incremental update (its module's
-        unpatched function) on copies of the same buffers, every step it is taken."""
+        """A lean length sync (a step without a new request) against vLLM's own incremental
+        update (its module's unpatched function) on copies of the same buffers, every step it is
+        taken."""
         want_tokens, want_lengths = tokens.clone(), lengths.clone()
         rows = len(staging)
         ngram_proposer_gpu.update_ngram_gpu_tensors_incremental(
