@@ -75,9 +75,15 @@ def register_counts(counts: torch.Tensor, on: Callable[[], bool]) -> None:
         _COUNTS[id(counts)] = (weakref.ref(counts), on)
 
 
+def _switched_on(registry: dict[int, tuple], buffer: Any) -> bool:
+    """``buffer`` is registered in ``registry`` (the same object, not a reused id), its engine's
+    switch is on and the feature is enabled."""
+    entry = registry.get(id(buffer))
+    return entry is not None and entry[0]() is buffer and entry[1]() and versions.enabled(FEATURE)
+
+
 def _lean(counts: Any) -> bool:
-    entry = _COUNTS.get(id(counts))
-    return entry is not None and entry[0]() is counts and entry[1]() and versions.enabled(FEATURE)
+    return _switched_on(_COUNTS, counts)
 
 
 def register_lengths(lengths: torch.Tensor, on: Callable[[], bool]) -> None:
@@ -137,13 +143,11 @@ def _wrap_sync(orig: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(orig)
     def update_ngram_gpu_tensors_incremental(input_batch: Any, token_ids_gpu_tensor: Any, num_tokens_no_spec_gpu: Any,
                                              new_reqs: Any, device: Any, *args: Any, **kwargs: Any) -> Any:
-        entry = _LENGTHS.get(id(num_tokens_no_spec_gpu))
         staging = kwargs.get("_pinned_val_buf")
-        if (entry is not None and entry[0]() is num_tokens_no_spec_gpu and entry[1]() and staging is not None
-                and not args and versions.enabled(FEATURE)
+        if (staging is not None and not args and _switched_on(_LENGTHS, num_tokens_no_spec_gpu)
                 and versions.probe(FEATURE, lambda: _lean_sync(input_batch, token_ids_gpu_tensor,
-                                                                 num_tokens_no_spec_gpu, new_reqs, staging), False)):
-            entry[2][0] += 1
+                                                               num_tokens_no_spec_gpu, new_reqs, staging), False)):
+            _LENGTHS[id(num_tokens_no_spec_gpu)][2][0] += 1
             return None
         return orig(input_batch, token_ids_gpu_tensor, num_tokens_no_spec_gpu, new_reqs, device, *args, **kwargs)
 
