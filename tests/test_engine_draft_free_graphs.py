@@ -145,13 +145,13 @@ def _kept_max(max_capture: int, query_len: int) -> int:
 
 
 @pytest.mark.parametrize("query_len", [1, 2, 5, 9, 17])
-@pytest.mark.parametrize("requests", [1, 3, 7, 100, 255, 256, 257, 1000, 1010, 1011, 1024, 4096])
-def test_covering_capture_size_is_the_smallest_that_covers(requests, query_len) -> None:
-    size = draft_free_graphs.covering_capture_size(requests, query_len)
+@pytest.mark.parametrize("tokens", [1, 3, 7, 100, 255, 256, 257, 1000, 1010, 1011, 1024, 4096])
+def test_covering_capture_size_is_the_smallest_that_covers(tokens, query_len) -> None:
+    size = draft_free_graphs.covering_capture_size(tokens, query_len)
     assert size in draft_free_graphs.default_capture_sizes(size)  # vLLM keeps it as given
-    assert _kept_max(size, query_len) >= requests
+    assert _kept_max(size, query_len) >= tokens
     smaller = [s for s in draft_free_graphs.default_capture_sizes(size) if query_len <= s < size]
-    assert not smaller or _kept_max(smaller[-1], query_len) < requests  # (vLLM refuses a size < query_len)
+    assert not smaller or _kept_max(smaller[-1], query_len) < tokens  # (vLLM refuses a size < query_len)
 
 
 @pytest.mark.parametrize("mode", ["NONE", "PIECEWISE_STUB"])

@@ -120,18 +120,19 @@ def _graph_max_tokens(max_capture_size: int, query_len: int) -> int:
     return max((r for r in (-(-s // query_len) * query_len for s in sizes) if r <= top), default=0)
 
 
-def covering_capture_size(requests: int, query_len: int) -> int:
-    """The smallest ``max_cudagraph_capture_size`` (tokens) with which an engine that speculates
-    ``query_len - 1`` tokens has graphs for decode steps of ``requests`` requests at one token
-    each (and for padded steps of ``requests // query_len`` requests).
+def covering_capture_size(tokens: int, query_len: int) -> int:
+    """The smallest ``max_cudagraph_capture_size`` with which an engine that speculates
+    ``query_len - 1`` tokens has graphs for decode steps of ``tokens`` tokens: ``tokens`` requests
+    at one token each (draft-free steps), or ``tokens // query_len`` requests padded to
+    ``query_len`` each.
 
     vLLM truncates the maximum to its largest default capture size
     (:func:`default_capture_sizes`), rounds every size up to a multiple of ``query_len``, drops
     those above the maximum, and dispatches no step wider than the largest one left to a graph.
-    So 1024 requests at k = 4 need 1040 (1024 leaves 1010: steps of 1011-1024 requests ran
-    eager), 256 need 272 (256 leaves 250). ``query_len`` 1: the smallest default size >= ``requests``."""
-    size = max(requests, 1)
-    while size not in default_capture_sizes(size) or _graph_max_tokens(size, query_len) < requests:
+    So 1024 one-token requests at k = 4 need 1040 (1024 leaves 1010: steps of 1011-1024 requests
+    ran eager), 256 need 272 (256 leaves 250). ``query_len`` 1: the smallest default size >= ``tokens``."""
+    size = max(tokens, 1)
+    while size not in default_capture_sizes(size) or _graph_max_tokens(size, query_len) < tokens:
         size += 1
     return size
 
